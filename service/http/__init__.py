@@ -1,0 +1,1 @@
+"""The HTTP layer: routes, dependencies, error mapping. Never imported by the worker."""

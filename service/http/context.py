@@ -1,0 +1,62 @@
+"""What every request handler needs, built once per process and typed as ``Annotated`` dependencies."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis import Redis
+
+from service import jobs
+from service.errors import BackendUnavailable
+from service.model_profile import ModelProfile, resolve_profile
+from service.settings import Settings
+from service.storage import LocalStorage
+from service.video_store import VideoStore
+
+log = logging.getLogger("wanserve.api")
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    redis: Redis
+    store: VideoStore
+    storage: LocalStorage
+    _profile: ModelProfile | None = field(default=None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AppContext:
+        if not settings.redis_url:
+            raise ValueError("WANSERVE_REDIS_URL is not set (use `wanserve dev` for an embedded Redis)")
+        redis = Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        )
+        return cls(
+            settings=settings,
+            redis=redis,
+            store=VideoStore(redis, settings.queue),
+            storage=LocalStorage(settings.videos_dir),
+        )
+
+    def profile(self) -> ModelProfile:
+        """The served model's profile; cached once known (workers may register it after the API starts)."""
+        if self._profile is None:
+            registered = {
+                k.decode(): v.decode() for k, v in self.redis.hgetall(jobs.MODEL_REGISTRY_KEY).items()
+            }
+            try:
+                self._profile = resolve_profile(self.settings.model, self.settings.model_name, registered)
+            except FileNotFoundError as exc:
+                raise BackendUnavailable(str(exc), code="model_unknown") from exc
+        return self._profile
+
+
+def get_context(request: Request) -> AppContext:
+    context: AppContext = request.app.state.context
+    return context
+
+
+Context = Annotated[AppContext, Depends(get_context)]

@@ -1,0 +1,69 @@
+"""The one place that maps domain errors to HTTP status codes and the OpenAI error body."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import errors
+
+log = logging.getLogger("wanserve.api")
+
+_STATUS = {
+    errors.InvalidRequest: 400,
+    errors.VideoNotFound: 404,
+    errors.VideoNotReady: 409,
+    errors.BackendUnavailable: 503,
+    errors.StorageError: 500,
+}
+
+
+def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, object]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.WanserveError)
+    async def _domain(_: Request, exc: errors.WanserveError) -> JSONResponse:
+        status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
+        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        loc = [str(part) for part in first.get("loc", ()) if part not in ("query", "path", "body", "header")]
+        param = ".".join(loc) or None
+        message = f"Invalid '{param}': {first.get('msg', 'invalid value')}." if param else str(first.get("msg"))
+        return JSONResponse(
+            error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(str(exc.detail), "invalid_request_error", None, code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("Redis unavailable: %s", exc)
+        return JSONResponse(
+            error_body(
+                "The job store (Redis) is unreachable; try again shortly.",
+                "server_error",
+                None,
+                "backend_unavailable",
+            ),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )

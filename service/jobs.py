@@ -1,0 +1,56 @@
+"""Job states, queue and key names: the contract between the API and the workers."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+GENERATE_FUNCTION = "worker.tasks.generate_video"
+"""Enqueued by name, so the API never imports the worker (or torch)."""
+
+SERIALIZER = "json"
+
+_VIDEO_ID = re.compile(r"^video_[0-9a-f]{32}$")
+
+
+class VideoStatus(StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (VideoStatus.COMPLETED, VideoStatus.FAILED, VideoStatus.CANCELLED)
+
+
+class Stage(StrEnum):
+    QUEUED = "queued"
+    LOADING = "loading"
+    TEXT_ENCODE = "text_encode"
+    DENOISE = "denoise"
+    VAE_DECODE = "vae_decode"
+    ENCODE = "encode"
+    STORE = "store"
+    DONE = "done"
+
+
+def is_valid_video_id(video_id: str) -> bool:
+    """Ids are checked before they touch a Redis key or a file path."""
+    return bool(_VIDEO_ID.match(video_id))
+
+
+def video_key(video_id: str) -> str:
+    return f"wanserve:video:{video_id}"
+
+
+def cancel_key(video_id: str) -> str:
+    return f"wanserve:cancel:{video_id}"
+
+
+VIDEOS_INDEX_KEY = "wanserve:videos"
+"""Sorted set of every video id, scored by creation time in microseconds."""
+
+MODEL_REGISTRY_KEY = "wanserve:models"
+"""Hash of model name -> profile JSON, written by workers when their model has loaded."""

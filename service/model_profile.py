@@ -1,0 +1,108 @@
+"""What a model can serve (sizes, frames, defaults), read from its folder's JSON configs without torch.
+
+The API validates requests against this profile, so a bad size is a 400 at the edge rather than a
+failed job. Sources, first match wins: ``wanserve.json`` in the model folder (the tiny model writes
+one), a known Wan2.1 transformer config (1.3B, 14B), else Wan2.1's 480p sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROFILE_FILE = "wanserve.json"
+TINY_MODEL_NAME = "wan2.1-tiny-random"
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    sizes: tuple[str, ...]
+    default_size: str
+    default_seconds: int = 5
+    default_steps: int = 50
+    default_guidance_scale: float = 5.0
+    default_fps: int = 16
+    max_frames: int = 81
+    num_attention_heads: int = 12
+    notes: str = field(default="", compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelProfile:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known["sizes"] = tuple(known.get("sizes", ()))
+        return cls(**known)
+
+
+TINY_PROFILE = ModelProfile(
+    name=TINY_MODEL_NAME,
+    sizes=("32x32", "64x64", "96x96", "128x128", "96x64", "64x96"),
+    default_size="64x64",
+    default_seconds=1,
+    default_steps=4,
+    max_frames=81,
+    num_attention_heads=2,
+    notes="Random weights: produces noise-like video. Set WANSERVE_MODEL to a real Wan2.1 folder.",
+)
+
+_WAN_480P = ("832x480", "480x832")
+_WAN_720P = ("1280x720", "720x1280")
+
+# (num_layers, num_attention_heads, attention_head_dim) of the released Wan2.1 text-to-video models.
+_KNOWN_TRANSFORMERS: dict[tuple[int, int, int], tuple[str, tuple[str, ...]]] = {
+    (30, 12, 128): ("wan2.1-t2v-1.3b", _WAN_480P),
+    (40, 40, 128): ("wan2.1-t2v-14b", _WAN_720P + _WAN_480P),
+}
+
+
+def profile_for_folder(folder: Path, name: str | None = None) -> ModelProfile:
+    """Read the profile of a diffusers-format Wan2.1 folder (``transformer/config.json``)."""
+    explicit = folder / PROFILE_FILE
+    if explicit.is_file():
+        profile = ModelProfile.from_json(json.loads(explicit.read_text()))
+        return _renamed(profile, name)
+    config_path = folder / "transformer" / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a diffusers Wan2.1 folder: {config_path} is missing")
+    config = json.loads(config_path.read_text())
+    heads = int(config["num_attention_heads"])
+    key = (int(config["num_layers"]), heads, int(config["attention_head_dim"]))
+    known_name, sizes = _KNOWN_TRANSFORMERS.get(key, (folder.name, _WAN_480P))
+    profile = ModelProfile(
+        name=known_name, sizes=sizes, default_size=sizes[0], num_attention_heads=heads
+    )
+    return _renamed(profile, name)
+
+
+def _renamed(profile: ModelProfile, name: str | None) -> ModelProfile:
+    if not name:
+        return profile
+    return ModelProfile(**{**profile.to_json(), "name": name, "sizes": profile.sizes})
+
+
+def resolve_profile(model: str | None, model_name: str | None, registered: dict[str, str]) -> ModelProfile:
+    """The profile the API validates against.
+
+    Args:
+        model: ``WANSERVE_MODEL`` (a folder), or None for the tiny default model.
+        model_name: ``WANSERVE_MODEL_NAME``, the name to report.
+        registered: profiles that workers published in Redis (name -> JSON), used when the API cannot
+            read the model folder itself (API and workers on different machines).
+    """
+    if model is None:
+        return _renamed(TINY_PROFILE, model_name)
+    folder = Path(model)
+    if folder.is_dir():
+        return profile_for_folder(folder, model_name)
+    if model_name and model_name in registered:
+        return ModelProfile.from_json(json.loads(registered[model_name]))
+    if len(registered) == 1:
+        return ModelProfile.from_json(json.loads(next(iter(registered.values()))))
+    raise FileNotFoundError(
+        f"WANSERVE_MODEL={model} is not a folder on this machine and no worker has registered its model yet"
+    )

@@ -1,0 +1,172 @@
+"""Request validation and the public video object (OpenAI Videos API shape, plus our extensions)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import InvalidRequest
+from service.model_profile import ModelProfile
+
+MAX_SEED = 2**32 - 1
+
+
+class CreateVideoRequest(BaseModel):
+    """The body of ``POST /v1/videos`` (multipart form fields arrive as strings; pydantic coerces them)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    prompt: str = Field(min_length=1, description="What the video should show.")
+    model: str | None = Field(default=None, description="Must name the served model when given.")
+    seconds: int | None = Field(default=None, ge=1, le=60, description="Clip length; frames = fps x seconds + 1.")
+    size: str | None = Field(default=None, description="WIDTHxHEIGHT, one of the model's sizes.")
+    num_frames: int | None = Field(default=None, ge=1, description="Frame count, 4k+1; overrides seconds.")
+    fps: int | None = Field(default=None, ge=1, le=60)
+    negative_prompt: str | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    num_inference_steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must contain some non-whitespace text")
+        return value
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything the worker needs, fully resolved: nothing is left to a default on the worker side."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def seconds(self) -> str:
+        duration = (self.num_frames - 1) / self.fps
+        return str(int(duration)) if duration.is_integer() else f"{duration:.3g}"
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GenerationParams:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def parse_create_request(body: dict[str, Any]) -> CreateVideoRequest:
+    """Validate a raw body, turning pydantic's errors into one ``InvalidRequest`` naming the field."""
+    try:
+        return CreateVideoRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        if first["type"] == "extra_forbidden":
+            message = f"Unknown parameter '{param}'."
+            code = "unknown_parameter"
+        elif first["type"] == "missing":
+            message = f"Missing required parameter '{param}'."
+            code = "missing_required_parameter"
+        else:
+            message = f"Invalid '{param}': {first['msg']}."
+            code = "invalid_value"
+        raise InvalidRequest(message, param=param, code=code) from None
+
+
+def resolve_params(
+    request: CreateVideoRequest, profile: ModelProfile, *, max_prompt_chars: int, max_steps: int
+) -> GenerationParams:
+    """Apply the model's defaults and limits; reject (never round) what the model cannot serve."""
+    if request.model is not None and request.model != profile.name:
+        raise InvalidRequest(
+            f"Model '{request.model}' is not served here; this server serves '{profile.name}'.",
+            param="model",
+            code="model_not_found",
+        )
+    for field_name in ("prompt", "negative_prompt"):
+        text = getattr(request, field_name)
+        if text is not None and len(text) > max_prompt_chars:
+            raise InvalidRequest(
+                f"'{field_name}' is {len(text)} characters; the limit is {max_prompt_chars}.",
+                param=field_name,
+                code="string_above_max_length",
+            )
+
+    size = request.size or profile.default_size
+    if size not in profile.sizes:
+        raise InvalidRequest(
+            f"Size '{size}' is not supported by {profile.name}; choose one of {', '.join(profile.sizes)}.",
+            param="size",
+            code="unsupported_size",
+        )
+    width, height = (int(part) for part in size.split("x"))
+
+    fps = request.fps or profile.default_fps
+    num_frames = _resolve_frames(request, fps, profile)
+
+    steps = request.num_inference_steps or profile.default_steps
+    if steps > max_steps:
+        raise InvalidRequest(
+            f"'num_inference_steps' is {steps}; the limit is {max_steps}.",
+            param="num_inference_steps",
+            code="invalid_value",
+        )
+
+    return GenerationParams(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt or "",
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        fps=fps,
+        num_inference_steps=steps,
+        guidance_scale=(
+            request.guidance_scale if request.guidance_scale is not None else profile.default_guidance_scale
+        ),
+        seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
+    )
+
+
+def _resolve_frames(request: CreateVideoRequest, fps: int, profile: ModelProfile) -> int:
+    seconds = request.seconds if request.seconds is not None else profile.default_seconds
+    if request.num_frames is not None:
+        frames, param = request.num_frames, "num_frames"
+        if request.seconds is not None and request.seconds * fps + 1 != frames:
+            raise InvalidRequest(
+                f"'seconds' ({request.seconds}) and 'num_frames' ({frames}) disagree at {fps} fps; "
+                "send one of them.",
+                param="num_frames",
+                code="conflicting_parameters",
+            )
+    else:
+        frames, param = seconds * fps + 1, "seconds"
+    if (frames - 1) % 4 != 0:
+        hint = "" if param == "num_frames" else f" ({seconds} s at {fps} fps)"
+        raise InvalidRequest(
+            f"Wan2.1 needs a frame count of the form 4k+1; {frames} frames{hint} is not. "
+            "Choose fps and seconds so that fps x seconds is a multiple of 4, or set num_frames.",
+            param=param,
+            code="unsupported_frame_count",
+        )
+    if frames > profile.max_frames:
+        raise InvalidRequest(
+            f"{frames} frames is more than {profile.name} can generate ({profile.max_frames}).",
+            param=param,
+            code="too_many_frames",
+        )
+    return frames

@@ -1,0 +1,54 @@
+"""One validated settings class, read from ``WANSERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".cache" / "wanserve"
+
+
+class Settings(BaseSettings):
+    """Settings shared by the API, the worker and the CLI.
+
+    Every field reads from ``WANSERVE_<FIELD>`` (for example ``WANSERVE_REDIS_URL``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="WANSERVE_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL. Unset: `wanserve dev` starts an embedded Redis; other commands need it.",
+    )
+    model: str | None = Field(
+        default=None,
+        description="A local diffusers-format Wan2.1 folder. Unset: the tiny random-weight model.",
+    )
+    model_name: str | None = Field(default=None, description="Name reported in video objects.")
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Models cache and default storage.")
+    storage_dir: Path | None = Field(default=None, description="Where MP4s are written (default data_dir/videos).")
+    queue: str = Field(default="wanserve", description="RQ queue name shared by the API and the workers.")
+    job_timeout_s: int = Field(default=3600, ge=1, description="Longest a single job may run.")
+    result_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="How long RQ keeps finished jobs.")
+    max_prompt_chars: int = Field(default=2000, ge=1)
+    max_steps: int = Field(default=100, ge=1)
+    device: str = Field(default="auto", description="auto, cpu, cuda or npu.")
+    dtype: str = Field(default="auto", description="auto, float32, bfloat16 or float16.")
+
+    @property
+    def videos_dir(self) -> Path:
+        return self.storage_dir if self.storage_dir is not None else self.data_dir / "videos"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

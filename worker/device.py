@@ -1,0 +1,62 @@
+"""Device and dtype choice: the one module that knows about CUDA and Ascend NPUs (and imports torch_npu)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import resource
+import sys
+
+import torch
+
+log = logging.getLogger("wanserve.worker")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def npu_available() -> bool:
+    if importlib.util.find_spec("torch_npu") is None:
+        return False
+    import torch_npu  # noqa: F401  (registers the "npu" device with torch)
+
+    return bool(torch.npu.is_available())  # type: ignore[attr-defined]
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` prefers CUDA, then an Ascend NPU, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if npu_available():
+            return torch.device("npu")
+        return torch.device("cpu")
+    if name == "npu" and not npu_available():
+        raise RuntimeError("WANSERVE_DEVICE=npu but torch_npu is not installed or sees no NPU")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("WANSERVE_DEVICE=cuda but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def select_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on accelerators and float32 on the CPU (where bf16 kernels are slow)."""
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(_DTYPES)}") from None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak device memory of the last job on accelerators; the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "npu":
+        return torch.npu.max_memory_allocated(device) / 2**20  # type: ignore[attr-defined]
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024

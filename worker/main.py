@@ -1,0 +1,53 @@
+"""``wanserve worker``: load the model once, publish its profile, then take jobs from RQ until stopped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+
+from redis import Redis
+
+from service import jobs
+from service.settings import Settings
+from worker import tasks
+from worker.engine import WanEngine
+from worker.rq_worker import WanWorker
+from worker.tiny_model import ensure_tiny_model
+
+log = logging.getLogger("wanserve.worker")
+
+
+def model_folder(settings: Settings) -> Path:
+    """``WANSERVE_MODEL`` when set, else the tiny random-weight model (generated on first use)."""
+    if settings.model:
+        folder = Path(settings.model)
+        if not folder.is_dir():
+            raise SystemExit(f"WANSERVE_MODEL={settings.model} is not a folder (weights are never downloaded)")
+        return folder
+    return ensure_tiny_model(settings.models_dir)
+
+
+def load_engine(settings: Settings) -> WanEngine:
+    return WanEngine.load(
+        model_folder(settings), device=settings.device, dtype=settings.dtype, model_name=settings.model_name
+    )
+
+
+def run_worker(settings: Settings, *, burst: bool = False) -> None:
+    if not settings.redis_url:
+        raise SystemExit("WANSERVE_REDIS_URL is not set (use `wanserve dev` for an embedded Redis)")
+    engine = load_engine(settings)
+    tasks.set_engine(engine)
+    redis = Redis.from_url(settings.redis_url)
+    redis.hset(jobs.MODEL_REGISTRY_KEY, engine.profile.name, json.dumps(engine.profile.to_json()))
+    # Unique names: a restarted worker must not collide with its dead predecessor's lingering key.
+    name = f"wanserve-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    worker = WanWorker(
+        [settings.queue], connection=redis, name=name, serializer=jobs.SERIALIZER
+    )
+    log.info("worker %s ready: model %s, queue %s", name, engine.profile.name, settings.queue)
+    worker.work(burst=burst, logging_level=logging.getLevelName(log.getEffectiveLevel()), with_scheduler=False)

@@ -1,0 +1,101 @@
+"""The default model: a tiny random-weight Wan2.1 in diffusers format, generated here from a fixed seed.
+
+It loads through the same code path as a real Wan2.1 folder, so the service cannot tell the difference;
+it only draws noise. Generated once into the models cache; the same seed gives the same weights on
+every run and machine (same torch version).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from service.model_profile import PROFILE_FILE, TINY_PROFILE
+
+log = logging.getLogger("wanserve.worker")
+
+TINY_SEED = 20250225
+TINY_VERSION = "v1"
+
+TRANSFORMER_CONFIG = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=32,
+)
+VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+TEXT_ENCODER_CONFIG = dict(
+    vocab_size=384,
+    d_model=32,
+    d_ff=64,
+    d_kv=16,
+    num_heads=2,
+    num_layers=2,
+    feed_forward_proj="gated-gelu",
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=32,
+)
+SCHEDULER_CONFIG = dict(
+    prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+)
+
+
+def build_tiny_pipeline(seed: int = TINY_SEED):  # type: ignore[no-untyped-def]
+    """Build the tiny pipeline in memory with deterministic random weights."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLWan(**VAE_CONFIG)
+    torch.manual_seed(seed + 2)
+    text_encoder = UMT5EncoderModel(UMT5Config(**TEXT_ENCODER_CONFIG))
+    return WanPipeline(
+        tokenizer=ByT5Tokenizer(),
+        text_encoder=text_encoder.eval(),
+        transformer=transformer.eval(),
+        vae=vae.eval(),
+        scheduler=UniPCMultistepScheduler(**SCHEDULER_CONFIG),
+    )
+
+
+def tiny_model_dir(models_dir: Path) -> Path:
+    return models_dir / f"{TINY_PROFILE.name}-{TINY_VERSION}"
+
+
+def ensure_tiny_model(models_dir: Path) -> Path:
+    """Return the tiny model's folder, generating it first if absent (safe with concurrent callers)."""
+    target = tiny_model_dir(models_dir)
+    if (target / PROFILE_FILE).is_file():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    log.info("generating the tiny random-weight Wan2.1 model into %s", target)
+    staging = Path(tempfile.mkdtemp(dir=models_dir, prefix=".tiny-"))
+    try:
+        build_tiny_pipeline().save_pretrained(staging)
+        # Written last: its presence marks a complete folder.
+        (staging / PROFILE_FILE).write_text(json.dumps(TINY_PROFILE.to_json(), indent=2))
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / PROFILE_FILE).is_file():  # lost a race to a complete folder: fine
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
