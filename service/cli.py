@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wanserve", description="Text-to-video serving for Wan2.1.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    dev = commands.add_parser("dev", help="API + one worker (+ embedded Redis if WANSERVE_REDIS_URL is unset)")
+    dev = commands.add_parser(
+        "dev", help="API + one worker (+ embedded Redis if WANSERVE_REDIS_URL is unset)"
+    )
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.set_defaults(run=_dev)
@@ -83,6 +85,8 @@ def _dev(args: argparse.Namespace) -> None:
     env = {**os.environ, "WANSERVE_REDIS_URL": settings.redis_url or embedded.url}  # type: ignore[union-attr]
     os.environ["WANSERVE_REDIS_URL"] = env["WANSERVE_REDIS_URL"]
     worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env)
+    # uvicorn re-raises SIGTERM/SIGINT after its shutdown; as SystemExit it lets the cleanup below run.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         _api(args)
     finally:
@@ -95,6 +99,10 @@ def _dev(args: argparse.Namespace) -> None:
             embedded.close()
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _generate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -104,7 +112,16 @@ def _generate(args: argparse.Namespace) -> None:
     from worker.video import write_mp4
 
     settings = Settings()
-    fields = ("size", "seconds", "num_frames", "fps", "num_inference_steps", "guidance_scale", "negative_prompt", "seed")
+    fields = (
+        "size",
+        "seconds",
+        "num_frames",
+        "fps",
+        "num_inference_steps",
+        "guidance_scale",
+        "negative_prompt",
+        "seed",
+    )
     body = {"prompt": args.prompt, **{f: getattr(args, f) for f in fields if getattr(args, f) is not None}}
     engine = load_engine(settings)
     try:
@@ -119,7 +136,8 @@ def _generate(args: argparse.Namespace) -> None:
     with tqdm(total=params.num_inference_steps, desc="denoise", unit="step") as bar:
         result = engine.generate(params, on_step=lambda done, _total: bar.update(done - bar.n))
     write_mp4(result.frames, args.output, params.fps)
-    print(f"wrote {args.output} ({params.size}, {params.num_frames} frames, seed {params.seed}) {result.timings}")
+    print(f"wrote {args.output}: {params.size}, {params.num_frames} frames, seed {params.seed}")
+    print(f"stage durations: {result.timings}")
 
 
 if __name__ == "__main__":

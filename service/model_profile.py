@@ -73,9 +73,7 @@ def profile_for_folder(folder: Path, name: str | None = None) -> ModelProfile:
     heads = int(config["num_attention_heads"])
     key = (int(config["num_layers"]), heads, int(config["attention_head_dim"]))
     known_name, sizes = _KNOWN_TRANSFORMERS.get(key, (folder.name, _WAN_480P))
-    profile = ModelProfile(
-        name=known_name, sizes=sizes, default_size=sizes[0], num_attention_heads=heads
-    )
+    profile = ModelProfile(name=known_name, sizes=sizes, default_size=sizes[0], num_attention_heads=heads)
     return _renamed(profile, name)
 
 

@@ -21,7 +21,9 @@ class CreateVideoRequest(BaseModel):
 
     prompt: str = Field(min_length=1, description="What the video should show.")
     model: str | None = Field(default=None, description="Must name the served model when given.")
-    seconds: int | None = Field(default=None, ge=1, le=60, description="Clip length; frames = fps x seconds + 1.")
+    seconds: int | None = Field(
+        default=None, ge=1, le=60, description="Clip length; frames = fps x seconds + 1."
+    )
     size: str | None = Field(default=None, description="WIDTHxHEIGHT, one of the model's sizes.")
     num_frames: int | None = Field(default=None, ge=1, description="Frame count, 4k+1; overrides seconds.")
     fps: int | None = Field(default=None, ge=1, le=60)
@@ -107,7 +109,7 @@ def resolve_params(
                 code="string_above_max_length",
             )
 
-    size = request.size or profile.default_size
+    size = request.size if request.size is not None else profile.default_size
     if size not in profile.sizes:
         raise InvalidRequest(
             f"Size '{size}' is not supported by {profile.name}; choose one of {', '.join(profile.sizes)}.",
@@ -116,10 +118,10 @@ def resolve_params(
         )
     width, height = (int(part) for part in size.split("x"))
 
-    fps = request.fps or profile.default_fps
+    fps = request.fps if request.fps is not None else profile.default_fps
     num_frames = _resolve_frames(request, fps, profile)
 
-    steps = request.num_inference_steps or profile.default_steps
+    steps = request.num_inference_steps if request.num_inference_steps is not None else profile.default_steps
     if steps > max_steps:
         raise InvalidRequest(
             f"'num_inference_steps' is {steps}; the limit is {max_steps}.",

@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     )
     model_name: str | None = Field(default=None, description="Name reported in video objects.")
     data_dir: Path = Field(default_factory=_default_data_dir, description="Models cache and default storage.")
-    storage_dir: Path | None = Field(default=None, description="Where MP4s are written (default data_dir/videos).")
+    storage_dir: Path | None = Field(
+        default=None, description="Where MP4s are written (default data_dir/videos)."
+    )
     queue: str = Field(default="wanserve", description="RQ queue name shared by the API and the workers.")
     job_timeout_s: int = Field(default=3600, ge=1, description="Longest a single job may run.")
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="How long RQ keeps finished jobs.")

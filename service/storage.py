@@ -41,9 +41,7 @@ class LocalStorage:
         final = self.path(video_id, variant)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(
-                dir=final.parent, prefix=f".{final.stem}-", suffix=final.suffix
-            )
+            fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}-", suffix=final.suffix)
             os.close(fd)
         except OSError as exc:
             raise StorageError(f"Cannot write to storage at {final.parent}: {exc.strerror or exc}") from exc

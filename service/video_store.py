@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 from rq import Queue
@@ -89,16 +89,21 @@ class VideoStore:
             )
             if rank is None:
                 raise VideoNotFound(after)
-            start = int(rank) + 1
+            start = cast(int, rank) + 1
         fetch = self.redis.zrevrange if descending else self.redis.zrange
-        ids = [i.decode() if isinstance(i, bytes) else i for i in fetch(jobs.VIDEOS_INDEX_KEY, start, start + limit)]
+        page = cast(list[bytes], fetch(jobs.VIDEOS_INDEX_KEY, start, start + limit))
+        ids = [video_id.decode() for video_id in page]
         return ids[:limit], len(ids) > limit
 
     def delete(self, video_id: str) -> Record:
         """Remove the record; a queued job is cancelled, a running one is told to stop at its next step."""
         record = self.get(video_id)
         job = self._job(video_id)
-        if job is not None and job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        if job is not None and job.get_status() in (
+            JobStatus.QUEUED,
+            JobStatus.DEFERRED,
+            JobStatus.SCHEDULED,
+        ):
             job.cancel()
         with self.redis.pipeline() as pipe:
             if not VideoStatus(record["status"]).is_terminal:
@@ -118,9 +123,10 @@ class VideoStore:
         if job is None:
             return VideoStatus.FAILED, {"code": "job_lost", "message": "The job disappeared from the queue."}
         if job_status in (JobStatus.FAILED, JobStatus.STOPPED):
+            result = job.latest_result()
             return VideoStatus.FAILED, {
                 "code": "worker_failed",
-                "message": _last_line(job.latest_result().exc_string if job.latest_result() else None)
+                "message": _last_line(result.exc_string if result else None)
                 or "The worker stopped before finishing this video.",
             }
         if job_status == JobStatus.CANCELED:
@@ -128,8 +134,8 @@ class VideoStore:
         return status, None
 
     def queue_position(self, video_id: str) -> int | None:
-        position = self.redis.lpos(self.queue.key, video_id)
-        return int(position) if position is not None else None
+        position = cast(int | None, self.redis.lpos(self.queue.key, video_id))
+        return position
 
     def _job(self, video_id: str) -> Job | None:
         try:
@@ -160,17 +166,15 @@ return 1
 """
 
 
-def _encode(fields: Record) -> dict[str, str]:
+def _encode(fields: Record) -> dict[Any, Any]:
     return {key: json.dumps(value) for key, value in fields.items()}
 
 
 def _decode(raw: dict[Any, Any]) -> Record:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()
-    }
+    return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
 
 
-def _flatten(mapping: dict[str, str]) -> list[str]:
+def _flatten(mapping: dict[Any, Any]) -> list[str]:
     return [item for pair in mapping.items() for item in pair]
 
 

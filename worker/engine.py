@@ -68,7 +68,11 @@ class WanEngine:
         engine = cls(pipe, target, torch_dtype, profile_for_folder(folder, model_name))
         log.info(
             "model %s loaded from %s on %s (%s) in %.1f s",
-            engine.profile.name, folder, target, torch_dtype, time.perf_counter() - started,
+            engine.profile.name,
+            folder,
+            target,
+            torch_dtype,
+            time.perf_counter() - started,
         )
         return engine
 
@@ -154,7 +158,11 @@ class WanEngine:
                     raise GenerationCancelled(f"Cancelled before denoising step {i + 1} of {len(timesteps)}.")
                 model_input = latents.to(self.dtype)
                 timestep = t.expand(latents.shape[0])
-                context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": len(timesteps)}
+                context = {
+                    "step_index": i,
+                    "sigma": float(scheduler.sigmas[i]),
+                    "num_inference_steps": len(timesteps),
+                }
                 with transformer.cache_context("cond", **context):
                     noise_pred = transformer(
                         hidden_states=model_input,

@@ -21,7 +21,13 @@ from worker.video import write_mp4, write_spritesheet, write_thumbnail
 log = logging.getLogger("wanserve.worker")
 
 # Progress is an integer 0-100: a little for text encoding, most of it spread over the denoising steps.
-_STAGE_PROGRESS = {Stage.TEXT_ENCODE: 1, Stage.DENOISE: 2, Stage.VAE_DECODE: 90, Stage.ENCODE: 95, Stage.STORE: 98}
+_STAGE_PROGRESS = {
+    Stage.TEXT_ENCODE: 1,
+    Stage.DENOISE: 2,
+    Stage.VAE_DECODE: 90,
+    Stage.ENCODE: 95,
+    Stage.STORE: 98,
+}
 _DENOISE_SPAN = _STAGE_PROGRESS[Stage.VAE_DECODE] - _STAGE_PROGRESS[Stage.DENOISE]
 
 
@@ -66,9 +72,7 @@ class VideoJob:
             result = self.engine.generate(
                 params,
                 on_stage=lambda stage: self._stage(video_id, stage),
-                on_step=lambda done, total: self.store.update(
-                    video_id, progress=denoise_progress(done, total)
-                ),
+                on_step=lambda done, total: self._progress(video_id, denoise_progress(done, total)),
                 should_stop=lambda: self.store.cancel_requested(video_id),
             )
             timings.update(result.timings)
@@ -113,6 +117,9 @@ class VideoJob:
             return {"status": "deleted"}
         log.info("%s completed in %.2f s %s", video_id, finished - started, timings)
         return {"status": "completed", "timings": timings}
+
+    def _progress(self, video_id: str, progress: int) -> None:
+        self.store.update(video_id, progress=progress)
 
     def _stage(self, video_id: str, stage: Stage) -> None:
         self.store.update(video_id, stage=stage.value, progress=_STAGE_PROGRESS.get(stage, 0))

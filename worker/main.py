@@ -26,7 +26,9 @@ def model_folder(settings: Settings) -> Path:
     if settings.model:
         folder = Path(settings.model)
         if not folder.is_dir():
-            raise SystemExit(f"WANSERVE_MODEL={settings.model} is not a folder (weights are never downloaded)")
+            raise SystemExit(
+                f"WANSERVE_MODEL={settings.model} is not a folder (weights are never downloaded)"
+            )
         return folder
     return ensure_tiny_model(settings.models_dir)
 
@@ -37,17 +39,20 @@ def load_engine(settings: Settings) -> WanEngine:
     )
 
 
+def make_worker(settings: Settings, engine: WanEngine, redis: Redis) -> WanWorker:
+    """An RQ worker over the resident engine, its model's profile published for the API."""
+    tasks.configure(engine, settings)
+    redis.hset(jobs.MODEL_REGISTRY_KEY, engine.profile.name, json.dumps(engine.profile.to_json()))
+    # Unique names: a restarted worker must not collide with its dead predecessor's lingering key.
+    name = f"wanserve-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return WanWorker([settings.queue], connection=redis, name=name, serializer=jobs.SERIALIZER)
+
+
 def run_worker(settings: Settings, *, burst: bool = False) -> None:
     if not settings.redis_url:
         raise SystemExit("WANSERVE_REDIS_URL is not set (use `wanserve dev` for an embedded Redis)")
     engine = load_engine(settings)
-    tasks.set_engine(engine)
-    redis = Redis.from_url(settings.redis_url)
-    redis.hset(jobs.MODEL_REGISTRY_KEY, engine.profile.name, json.dumps(engine.profile.to_json()))
-    # Unique names: a restarted worker must not collide with its dead predecessor's lingering key.
-    name = f"wanserve-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    worker = WanWorker(
-        [settings.queue], connection=redis, name=name, serializer=jobs.SERIALIZER
-    )
-    log.info("worker %s ready: model %s, queue %s", name, engine.profile.name, settings.queue)
-    worker.work(burst=burst, logging_level=logging.getLevelName(log.getEffectiveLevel()), with_scheduler=False)
+    worker = make_worker(settings, engine, Redis.from_url(settings.redis_url))
+    log.info("worker %s ready: model %s, queue %s", worker.name, engine.profile.name, settings.queue)
+    level = logging.getLevelName(log.getEffectiveLevel())
+    worker.work(burst=burst, logging_level=level, with_scheduler=False)

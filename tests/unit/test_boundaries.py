@@ -1,0 +1,34 @@
+"""The API process never imports torch; the worker never imports the HTTP layer."""
+
+import subprocess
+import sys
+
+import pytest
+
+CHECK = """
+import sys
+{imports}
+loaded = sorted(m for m in {forbidden} if m in sys.modules)
+print(",".join(loaded))
+"""
+
+
+def loaded_modules(imports: str, forbidden: set[str]) -> str:
+    code = CHECK.format(imports=imports, forbidden=sorted(forbidden))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_the_api_app_leaves_torch_out() -> None:
+    imports = (
+        "from service.settings import Settings\n"
+        "from service.http.app import create_app\n"
+        "create_app(Settings(redis_url='redis://127.0.0.1:1/0'))\n"
+        "import service.cli"
+    )
+    assert loaded_modules(imports, {"torch", "diffusers", "transformers", "worker", "numpy"}) == ""
+
+
+@pytest.mark.parametrize("module", ["worker.main", "worker.tasks"])
+def test_the_worker_leaves_the_http_layer_out(module: str) -> None:
+    assert loaded_modules(f"import {module}", {"fastapi", "starlette", "uvicorn", "service.http"}) == ""

@@ -1,0 +1,47 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from service.model_profile import TINY_PROFILE, profile_for_folder, resolve_profile
+
+
+def write_transformer_config(folder: Path, layers: int, heads: int) -> Path:
+    (folder / "transformer").mkdir(parents=True)
+    config = {"num_layers": layers, "num_attention_heads": heads, "attention_head_dim": 128}
+    (folder / "transformer" / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_wan_1_3b_serves_480p(tmp_path: Path) -> None:
+    profile = profile_for_folder(write_transformer_config(tmp_path / "m", 30, 12))
+    assert profile.name == "wan2.1-t2v-1.3b"
+    assert profile.sizes == ("832x480", "480x832")
+    assert (profile.num_attention_heads, profile.default_steps, profile.max_frames) == (12, 50, 81)
+
+
+def test_wan_14b_serves_720p_and_480p(tmp_path: Path) -> None:
+    profile = profile_for_folder(write_transformer_config(tmp_path / "m", 40, 40))
+    assert profile.sizes[:2] == ("1280x720", "720x1280")
+    assert "832x480" in profile.sizes
+
+
+def test_model_name_overrides(tmp_path: Path) -> None:
+    folder = write_transformer_config(tmp_path / "m", 30, 12)
+    assert profile_for_folder(folder, "my-wan").name == "my-wan"
+
+
+def test_no_model_means_the_tiny_default() -> None:
+    assert resolve_profile(None, None, {}) == TINY_PROFILE
+
+
+def test_an_unreadable_folder_falls_back_to_what_workers_registered() -> None:
+    registered = {"wan-remote": json.dumps({**TINY_PROFILE.to_json(), "name": "wan-remote"})}
+    assert resolve_profile("/nowhere", None, registered).name == "wan-remote"
+    with pytest.raises(FileNotFoundError, match="no worker has registered"):
+        resolve_profile("/nowhere", None, {})
+
+
+def test_not_a_model_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="transformer"):
+        profile_for_folder(tmp_path)
