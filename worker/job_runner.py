@@ -62,8 +62,6 @@ class VideoJob:
         self.store.update(
             video_id,
             status=VideoStatus.IN_PROGRESS.value,
-            stage=Stage.TEXT_ENCODE.value,
-            progress=_STAGE_PROGRESS[Stage.TEXT_ENCODE],
             started_at=started,
             worker=self.worker_name,
             timings=timings,

@@ -1,0 +1,163 @@
+"""Jobs run by a real RQ worker (in this process, burst mode) over real Redis and the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+from rq.job import Job, JobStatus
+
+from service import jobs
+from service.http.app import create_app
+from service.settings import Settings
+from service.storage import LocalStorage
+from service.video_store import VideoStore
+from worker.job_runner import VideoJob, denoise_progress
+from worker.main import make_worker
+from worker.video import read_mp4
+
+
+@pytest.fixture
+def client(settings: Settings):
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def submit(client: TestClient, **body: Any) -> str:
+    response = client.post("/v1/videos", json={"prompt": "a red fox", "seconds": 1, "size": "64x64", **body})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def run_worker_until_idle(settings: Settings, engine, redis: Redis) -> None:
+    make_worker(settings, engine, redis).work(burst=True, with_scheduler=False)
+
+
+class RecordingStore(VideoStore):
+    """The real store, remembering every progress it wrote and acting at a chosen step."""
+
+    def __init__(self, redis: Redis, queue: str, at_progress: int | None = None, action=None) -> None:
+        super().__init__(redis, queue)
+        self.progress: list[int] = []
+        self.at_progress, self.action = at_progress, action
+
+    def update(self, video_id: str, **fields: Any) -> bool:
+        written = super().update(video_id, **fields)
+        if "progress" in fields:
+            self.progress.append(fields["progress"])
+            if fields["progress"] == self.at_progress and self.action is not None:
+                self.action(video_id)
+        return written
+
+
+def test_a_job_completes_with_files_timings_and_progress(client, settings, engine, redis) -> None:
+    video_id = submit(client, num_inference_steps=5)
+    run_worker_until_idle(settings, engine, redis)
+
+    video = client.get(f"/v1/videos/{video_id}").json()
+    assert (video["status"], video["progress"], video["stage"], video["error"]) == (
+        "completed",
+        100,
+        "done",
+        None,
+    )
+    assert set(video["stage_durations"]) == {
+        "queue_wait_s",
+        "text_encode_s",
+        "denoise_s",
+        "vae_decode_s",
+        "encode_s",
+        "store_s",
+    }
+    assert video["completed_at"] >= video["started_at"] >= video["created_at"]
+    assert video["worker"].startswith("wanserve-")
+    frames = read_mp4(LocalStorage(settings.videos_dir).path(video_id))
+    assert frames.shape == (17, 64, 64, 3)
+    assert (
+        Job.fetch(video_id, connection=redis, serializer=jobs.SERIALIZER).get_status() == JobStatus.FINISHED
+    )
+    registered = redis.hget(jobs.MODEL_REGISTRY_KEY, "wan2.1-tiny-random")
+    assert registered is not None and b"64x64" in registered
+
+
+def test_progress_moves_on_every_denoising_step(client, settings, engine, redis) -> None:
+    video_id = submit(client, num_inference_steps=6)
+    store = RecordingStore(redis, settings.queue)
+    VideoJob(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
+    steps = [denoise_progress(done, 6) for done in range(1, 7)]
+    assert store.progress == [1, 2, *steps, 90, 95, 98, 100]
+    assert store.progress == sorted(store.progress)
+    assert len(set(steps)) == 6
+
+
+def test_a_failing_job_ends_failed_and_the_worker_takes_the_next(
+    client, settings, engine, redis, tmp_path
+) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    failing = settings.model_copy(update={"storage_dir": blocked})
+    first, second = submit(client), submit(client)
+
+    make_worker(failing, engine, redis).work(burst=True, max_jobs=1, with_scheduler=False)
+    run_worker_until_idle(settings, engine, redis)
+
+    failed = client.get(f"/v1/videos/{first}").json()
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "storage_error"
+    assert "Cannot write to storage" in failed["error"]["message"]
+    assert Job.fetch(first, connection=redis, serializer=jobs.SERIALIZER).get_status() == JobStatus.FAILED
+    assert client.get(f"/v1/videos/{second}").json()["status"] == "completed"
+
+
+def test_a_cancel_stops_a_running_job_at_a_step_boundary(client, settings, engine, redis) -> None:
+    video_id = submit(client, num_inference_steps=8)
+    store = RecordingStore(
+        redis,
+        settings.queue,
+        at_progress=denoise_progress(3, 8),
+        action=lambda v: redis.set(jobs.cancel_key(v), 1),
+    )
+    result = VideoJob(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
+    assert result == {"status": "cancelled"}
+    assert max(store.progress) == denoise_progress(3, 8)
+    video = client.get(f"/v1/videos/{video_id}").json()
+    assert (video["status"], video["error"]["code"]) == ("cancelled", "cancelled")
+    assert "step 4 of 8" in video["error"]["message"]
+    assert not LocalStorage(settings.videos_dir).exists(video_id)
+    assert not redis.exists(jobs.cancel_key(video_id))
+
+
+def test_deleting_a_running_video_stops_it_and_leaves_nothing(client, settings, engine, redis) -> None:
+    video_id = submit(client, num_inference_steps=8)
+    store = RecordingStore(
+        redis,
+        settings.queue,
+        at_progress=denoise_progress(2, 8),
+        action=lambda v: client.delete(f"/v1/videos/{v}"),
+    )
+    VideoJob(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
+    assert max(store.progress) == denoise_progress(2, 8)
+    assert not redis.exists(jobs.video_key(video_id)), "the record must not be resurrected"
+    assert not (Path(settings.videos_dir) / video_id).exists()
+    assert client.get(f"/v1/videos/{video_id}").status_code == 404
+
+
+def test_a_video_deleted_while_queued_is_never_generated(client, settings, engine, redis) -> None:
+    video_id = submit(client)
+    client.delete(f"/v1/videos/{video_id}")
+    run_worker_until_idle(settings, engine, redis)
+    assert not redis.exists(jobs.video_key(video_id))
+    assert not LocalStorage(settings.videos_dir).exists(video_id)
+
+
+def test_a_video_deleted_between_dequeue_and_start_is_skipped(client, settings, engine, redis) -> None:
+    video_id = submit(client)
+    redis.delete(jobs.video_key(video_id))
+    store = VideoStore(redis, settings.queue)
+    assert VideoJob(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id) == {
+        "status": "deleted"
+    }
+    assert not redis.exists(jobs.video_key(video_id))
