@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     max_steps: int = Field(default=100, ge=1)
     device: str = Field(default="auto", description="auto, cpu, cuda or npu.")
     dtype: str = Field(default="auto", description="auto, float32, bfloat16 or float16.")
+
+    @field_validator("redis_url", "model", "model_name", "storage_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose and Kubernetes pass unset variables as empty strings.
+        return None if value == "" else value
 
     @property
     def videos_dir(self) -> Path:
