@@ -42,7 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     api.set_defaults(run=_api)
 
     worker = commands.add_parser("worker", help="a GPU/NPU/CPU worker taking jobs from WANSERVE_REDIS_URL")
-    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument(
+        "--burst", action="store_true", help="exit when the queue is empty (one process only)"
+    )
+    worker.add_argument("--nproc", type=int, default=1, help="ranks in the group, launched with torchrun")
+    worker.add_argument("--ulysses", type=int, default=1, help="Ulysses sequence-parallel degree")
+    worker.add_argument("--cfg", type=int, default=1, choices=(1, 2), help="2: CFG passes on different ranks")
     worker.set_defaults(run=_worker)
 
     generate = commands.add_parser("generate", help="generate one video in this process, no server")
@@ -69,9 +74,20 @@ def _api(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
-    from worker.main import run_worker
+    from worker.parallel import ParallelLayout
 
-    run_worker(Settings(), burst=args.burst)
+    try:
+        layout = ParallelLayout(args.nproc, args.ulysses, args.cfg)
+    except ValueError as exc:
+        raise SystemExit(f"wanserve worker: {exc}") from None
+    if layout.ranks == 1:
+        from worker.main import run_worker
+
+        run_worker(Settings(), burst=args.burst)
+        return
+    from worker.launcher import launch_group
+
+    sys.exit(launch_group(Settings(), layout))
 
 
 def _dev(args: argparse.Namespace) -> None:
@@ -108,6 +124,7 @@ def _generate(args: argparse.Namespace) -> None:
 
     from service.errors import InvalidRequest
     from service.schemas import parse_create_request, resolve_params
+    from worker.engine import to_uint8
     from worker.main import load_engine
     from worker.video import write_mp4
 
@@ -135,7 +152,8 @@ def _generate(args: argparse.Namespace) -> None:
         raise SystemExit(f"wanserve generate: {exc.message}") from None
     with tqdm(total=params.num_inference_steps, desc="denoise", unit="step") as bar:
         result = engine.generate(params, on_step=lambda done, _total: bar.update(done - bar.n))
-    write_mp4(result.frames, args.output, params.fps)
+    assert result.frames is not None
+    write_mp4(to_uint8(result.frames), args.output, params.fps)
     print(f"wrote {args.output}: {params.size}, {params.num_frames} frames, seed {params.seed}")
     print(f"stage durations: {result.timings}")
 

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="How long RQ keeps finished jobs.")
     max_prompt_chars: int = Field(default=2000, ge=1)
     max_steps: int = Field(default=100, ge=1)
+    dist_timeout_s: float = Field(
+        default=600, gt=0, description="Worker group: how long a rank waits in a collective before failing."
+    )
+    keepalive_s: float = Field(
+        default=60, gt=0, description="Worker group: how often an idle leader pings its followers."
+    )
     device: str = Field(default="auto", description="auto, cpu, cuda or npu.")
     dtype: str = Field(default="auto", description="auto, float32, bfloat16 or float16.")
 

@@ -44,6 +44,7 @@ def video_object(
         "inference_time_s": record.get("inference_time_s"),
         "peak_memory_mb": record.get("peak_memory_mb"),
         "worker": record.get("worker"),
+        "parallel": record.get("parallel"),
         "remixed_from_video_id": None,
     }
 

@@ -22,19 +22,23 @@ def npu_available() -> bool:
     return bool(torch.npu.is_available())  # type: ignore[attr-defined]
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` prefers CUDA, then an Ascend NPU, then the CPU."""
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` prefers CUDA, then an Ascend NPU, then the CPU; accelerators are bound to ``local_rank``."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if npu_available():
-            return torch.device("npu")
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "npu" if npu_available() else "cpu"
     if name == "npu" and not npu_available():
         raise RuntimeError("WANSERVE_DEVICE=npu but torch_npu is not installed or sees no NPU")
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("WANSERVE_DEVICE=cuda but torch sees no CUDA device")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    device = torch.device(name, local_rank)
+    # Set before any collective exists, so NCCL/HCCL communicators bind to this card.
+    if name == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.npu.set_device(device)  # type: ignore[attr-defined]
+    return device
 
 
 def select_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from service.jobs import Stage
 from service.model_profile import ModelProfile, profile_for_folder
 from service.schemas import GenerationParams
 from worker import device as devices
+from worker.parallel import ParallelLayout, ParallelRuntime, enable_ulysses
 
 log = logging.getLogger("wanserve.worker")
 
@@ -34,47 +35,99 @@ StepCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
 
 
+class Engine(Protocol):
+    """What a job needs of a model: ``WanEngine`` in one process, ``GroupLeader`` over a worker group."""
+
+    profile: ModelProfile
+
+    @property
+    def layout(self) -> dict[str, Any]: ...
+
+    def generate(
+        self,
+        params: GenerationParams,
+        *,
+        on_stage: StageCallback | None = None,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> GenerationResult: ...
+
+
 @dataclass
 class GenerationResult:
-    frames: np.ndarray
-    """Decoded video, uint8, shape (frames, height, width, 3)."""
+    frames: np.ndarray | None
+    """Decoded video, float32 in [0, 1], shape (frames, height, width, 3); None on follower ranks."""
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float | None = None
 
 
 class WanEngine:
-    """A Wan2.1 pipeline loaded once and kept resident; ``generate`` runs one request."""
+    """A Wan2.1 pipeline loaded once and kept resident; ``generate`` runs one request.
 
-    def __init__(self, pipe: Any, device: torch.device, dtype: torch.dtype, profile: ModelProfile) -> None:
+    In a worker group every rank holds an engine and calls ``generate`` with the same parameters; the
+    ranks split each step's work and only the leader decodes the video.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        profile: ModelProfile,
+        parallel: ParallelRuntime | None = None,
+    ) -> None:
         self.pipe = pipe
         self.device = device
         self.dtype = dtype
         self.profile = profile
+        self.parallel = parallel
 
     @classmethod
     def load(
-        cls, folder: Path, *, device: str = "auto", dtype: str = "auto", model_name: str | None = None
+        cls,
+        folder: Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        model_name: str | None = None,
+        parallel: ParallelRuntime | None = None,
     ) -> WanEngine:
         from diffusers import WanPipeline
 
         started = time.perf_counter()
-        target = devices.select_device(device)
+        profile = profile_for_folder(folder, model_name)
+        if parallel is not None:
+            parallel.layout.check_heads(profile.num_attention_heads)  # before minutes of weight loading
+        target = parallel.device if parallel is not None else devices.select_device(device)
         torch_dtype = devices.select_dtype(dtype, target)
         pipe = WanPipeline.from_pretrained(str(folder), dtype=torch_dtype).to(target)
         pipe.set_progress_bar_config(disable=True)
         if torch_dtype != torch.float32:
             # The VAE decodes in float32 as in diffusers' Wan examples: bf16 decoding bands visibly.
             pipe.vae.to(torch.float32)
-        engine = cls(pipe, target, torch_dtype, profile_for_folder(folder, model_name))
+        if parallel is not None and parallel.layout.ulysses > 1:
+            enable_ulysses(pipe.transformer, parallel)
+        engine = cls(pipe, target, torch_dtype, profile, parallel)
         log.info(
             "model %s loaded from %s on %s (%s) in %.1f s",
-            engine.profile.name,
+            profile.name,
             folder,
             target,
             torch_dtype,
             time.perf_counter() - started,
         )
         return engine
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        """The parallel layout, as reported in the video object."""
+        layout = self.parallel.layout if self.parallel is not None else ParallelLayout()
+        return {
+            "ranks": layout.ranks,
+            "ulysses": layout.ulysses,
+            "cfg": layout.cfg,
+            "device": self.device.type,
+        }
 
     @torch.inference_mode()
     def generate(
@@ -88,17 +141,18 @@ class WanEngine:
         """Generate one video.
 
         Args:
-            params: fully resolved request parameters.
+            params: fully resolved request parameters (identical on every rank of a group).
             on_stage: called when a stage starts.
             on_step: called after each denoising step with (steps done, total steps).
-            should_stop: polled before each step; True raises ``GenerationCancelled``.
+            should_stop: polled before each step (on the leader); True raises ``GenerationCancelled``
+                on every rank at the same step.
 
         Returns:
-            The decoded frames and the seconds spent in each stage.
+            The decoded frames (None on followers) and the seconds spent in each stage.
         """
-        pipe = self.pipe
         timings: dict[str, float] = {}
         devices.reset_peak_memory(self.device)
+        passes = self._passes(use_cfg=params.guidance_scale > 1.0)
 
         def enter(stage: Stage) -> None:
             if on_stage is not None:
@@ -106,38 +160,50 @@ class WanEngine:
 
         enter(Stage.TEXT_ENCODE)
         with _timed(timings, "text_encode_s"):
-            use_cfg = params.guidance_scale > 1.0
-            prompt_embeds, negative_embeds = pipe.encode_prompt(
-                prompt=params.prompt,
-                negative_prompt=params.negative_prompt,
-                do_classifier_free_guidance=use_cfg,
-                max_sequence_length=MAX_SEQUENCE_LENGTH,
-                device=self.device,
-            )
-            prompt_embeds = prompt_embeds.to(self.dtype)
-            if negative_embeds is not None:
-                negative_embeds = negative_embeds.to(self.dtype)
+            texts = {"cond": params.prompt, "uncond": params.negative_prompt}
+            embeds = {name: self._encode(texts[name]) for name in passes}
 
         enter(Stage.DENOISE)
         with _timed(timings, "denoise_s"):
-            latents = self._denoise(
-                params, prompt_embeds, negative_embeds if use_cfg else None, on_step, should_stop
-            )
+            latents = self._denoise(params, embeds, on_step, should_stop)
 
-        enter(Stage.VAE_DECODE)
-        with _timed(timings, "vae_decode_s"):
-            frames = self._decode(latents)
+        frames = None
+        if self.parallel is None or self.parallel.is_leader:
+            enter(Stage.VAE_DECODE)
+            with _timed(timings, "vae_decode_s"):
+                frames = self._decode(latents)
         return GenerationResult(frames, timings, devices.peak_memory_mb(self.device))
+
+    def _passes(self, *, use_cfg: bool) -> tuple[str, ...]:
+        """The transformer passes this rank runs each step: "cond", and "uncond" for guidance.
+
+        With CFG parallelism the two passes run on different ranks; without guidance every rank runs
+        the conditional pass.
+        """
+        if not use_cfg:
+            return ("cond",)
+        if self.parallel is not None and self.parallel.layout.cfg == 2:
+            return ("cond",) if self.parallel.cfg_rank == 0 else ("uncond",)
+        return ("cond", "uncond")
+
+    def _encode(self, text: str) -> torch.Tensor:
+        embeds, _ = self.pipe.encode_prompt(
+            prompt=text,
+            do_classifier_free_guidance=False,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            device=self.device,
+        )
+        return embeds.to(self.dtype)
 
     def _denoise(
         self,
         params: GenerationParams,
-        prompt_embeds: torch.Tensor,
-        negative_embeds: torch.Tensor | None,
+        embeds: dict[str, torch.Tensor],
         on_step: StepCallback | None,
         should_stop: StopCheck | None,
     ) -> torch.Tensor:
         pipe, transformer, scheduler = self.pipe, self.pipe.transformer, self.pipe.scheduler
+        use_cfg = params.guidance_scale > 1.0
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
         scheduler.set_timesteps(params.num_inference_steps, device=self.device)
         scheduler.set_begin_index(0)
@@ -154,7 +220,7 @@ class WanEngine:
         timesteps = scheduler.timesteps
         try:
             for i, t in enumerate(timesteps):
-                if should_stop is not None and should_stop():
+                if self._stop_requested(should_stop):
                     raise GenerationCancelled(f"Cancelled before denoising step {i + 1} of {len(timesteps)}.")
                 model_input = latents.to(self.dtype)
                 timestep = t.expand(latents.shape[0])
@@ -163,22 +229,18 @@ class WanEngine:
                     "sigma": float(scheduler.sigmas[i]),
                     "num_inference_steps": len(timesteps),
                 }
-                with transformer.cache_context("cond", **context):
-                    noise_pred = transformer(
-                        hidden_states=model_input,
-                        timestep=timestep,
-                        encoder_hidden_states=prompt_embeds,
-                        return_dict=False,
-                    )[0]
-                if negative_embeds is not None:
-                    with transformer.cache_context("uncond", **context):
-                        noise_uncond = transformer(
+                predictions = {}
+                for name, embedding in embeds.items():
+                    with transformer.cache_context(name, **context):
+                        predictions[name] = transformer(
                             hidden_states=model_input,
                             timestep=timestep,
-                            encoder_hidden_states=negative_embeds,
+                            encoder_hidden_states=embedding,
                             return_dict=False,
                         )[0]
-                    noise_pred = noise_uncond + params.guidance_scale * (noise_pred - noise_uncond)
+                noise_pred = (
+                    self._guided(predictions, params.guidance_scale) if use_cfg else predictions["cond"]
+                )
                 latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if on_step is not None:
                     on_step(i + 1, len(timesteps))
@@ -188,6 +250,18 @@ class WanEngine:
                 transformer._reset_stateful_cache()
         return latents
 
+    def _guided(self, predictions: dict[str, torch.Tensor], guidance_scale: float) -> torch.Tensor:
+        if len(predictions) == 1:  # CFG parallel: the other half ran on the paired rank
+            assert self.parallel is not None
+            cond, uncond = self.parallel.cfg_gather(next(iter(predictions.values())))
+        else:
+            cond, uncond = predictions["cond"], predictions["uncond"]
+        return uncond + guidance_scale * (cond - uncond)
+
+    def _stop_requested(self, should_stop: StopCheck | None) -> bool:
+        local = should_stop() if should_stop is not None else False
+        return self.parallel.agree(local) if self.parallel is not None else local
+
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
         latents = latents.to(self.device, dtype=vae.dtype)
@@ -195,8 +269,8 @@ class WanEngine:
         mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(latents)
         video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-        frames = self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
-        return to_uint8(frames)
+        frames: np.ndarray = self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
+        return frames.astype(np.float32)
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:

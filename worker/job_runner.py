@@ -15,7 +15,7 @@ from service.jobs import Stage, VideoStatus
 from service.schemas import GenerationParams
 from service.storage import LocalStorage, sha256_of
 from service.video_store import VideoStore
-from worker.engine import WanEngine
+from worker.engine import Engine, to_uint8
 from worker.video import write_mp4, write_spritesheet, write_thumbnail
 
 log = logging.getLogger("wanserve.worker")
@@ -36,7 +36,7 @@ def denoise_progress(steps_done: int, total: int) -> int:
 
 
 class VideoJob:
-    def __init__(self, store: VideoStore, storage: LocalStorage, engine: WanEngine, worker_name: str) -> None:
+    def __init__(self, store: VideoStore, storage: LocalStorage, engine: Engine, worker_name: str) -> None:
         self.store = store
         self.storage = storage
         self.engine = engine
@@ -64,6 +64,7 @@ class VideoJob:
             status=VideoStatus.IN_PROGRESS.value,
             started_at=started,
             worker=self.worker_name,
+            parallel=self.engine.layout,
             timings=timings,
         )
         try:
@@ -76,7 +77,8 @@ class VideoJob:
             timings.update(result.timings)
             self._stage(video_id, Stage.ENCODE)
             encode_started = time.perf_counter()
-            files = self._write_files(video_id, result.frames, params.fps)
+            assert result.frames is not None, "the leader always decodes"
+            files = self._write_files(video_id, to_uint8(result.frames), params.fps)
             timings["encode_s"] = round(time.perf_counter() - encode_started, 4)
         except GenerationCancelled as exc:
             return self._cancelled(video_id, exc.message)

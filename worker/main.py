@@ -14,7 +14,8 @@ from redis import Redis
 from service import jobs
 from service.settings import Settings
 from worker import tasks
-from worker.engine import WanEngine
+from worker.engine import Engine, WanEngine
+from worker.parallel import ParallelRuntime
 from worker.rq_worker import WanWorker
 from worker.tiny_model import ensure_tiny_model
 
@@ -33,19 +34,28 @@ def model_folder(settings: Settings) -> Path:
     return ensure_tiny_model(settings.models_dir)
 
 
-def load_engine(settings: Settings) -> WanEngine:
+def load_engine(settings: Settings, parallel: ParallelRuntime | None = None) -> WanEngine:
     return WanEngine.load(
-        model_folder(settings), device=settings.device, dtype=settings.dtype, model_name=settings.model_name
+        model_folder(settings),
+        device=settings.device,
+        dtype=settings.dtype,
+        model_name=settings.model_name,
+        parallel=parallel,
     )
 
 
-def make_worker(settings: Settings, engine: WanEngine, redis: Redis) -> WanWorker:
+def unique_worker_name() -> str:
+    # Unique names: a restarted worker must not collide with its dead predecessor's lingering key.
+    return f"wanserve-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def make_worker(settings: Settings, engine: Engine, redis: Redis, name: str | None = None) -> WanWorker:
     """An RQ worker over the resident engine, its model's profile published for the API."""
     tasks.configure(engine, settings)
     redis.hset(jobs.MODEL_REGISTRY_KEY, engine.profile.name, json.dumps(engine.profile.to_json()))
-    # Unique names: a restarted worker must not collide with its dead predecessor's lingering key.
-    name = f"wanserve-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    return WanWorker([settings.queue], connection=redis, name=name, serializer=jobs.SERIALIZER)
+    return WanWorker(
+        [settings.queue], connection=redis, name=name or unique_worker_name(), serializer=jobs.SERIALIZER
+    )
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:

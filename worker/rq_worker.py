@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
@@ -23,6 +24,9 @@ HEARTBEAT_TTL_S = 90
 
 
 class WanWorker(SimpleWorker):
+    stop_when: Callable[[], bool] = staticmethod(lambda: False)
+    """Checked after each job: True ends the work loop (a worker group that can no longer be trusted)."""
+
     def perform_job(self, job: Job, queue: Queue) -> bool:
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, stop), name="rq-heartbeat", daemon=True)
@@ -32,6 +36,9 @@ class WanWorker(SimpleWorker):
         finally:
             stop.set()
             beat.join(timeout=5)
+            if self.stop_when():
+                log.error("worker %s stops taking jobs: its group must restart", self.name)
+                self._stop_requested = True
 
     def _beat(self, job: Job, stop: threading.Event) -> None:
         while not stop.wait(HEARTBEAT_INTERVAL_S):

@@ -10,20 +10,20 @@ from rq import get_current_job
 from service.settings import Settings
 from service.storage import LocalStorage
 from service.video_store import VideoStore
-from worker.engine import WanEngine
+from worker.engine import Engine
 from worker.job_runner import VideoJob
 
 
 @dataclass
 class _Resident:
-    engine: WanEngine
+    engine: Engine
     settings: Settings
 
 
 _resident: _Resident | None = None
 
 
-def configure(engine: WanEngine, settings: Settings) -> None:
+def configure(engine: Engine, settings: Settings) -> None:
     """Make the resident model available to jobs; called once by the worker before it starts working."""
     global _resident
     _resident = _Resident(engine, settings)

@@ -1,0 +1,197 @@
+"""One rank of a worker group, as launched by torchrun (``python -m worker.group``).
+
+Rank 0 (the leader) runs the RQ worker. For each job it broadcasts the parameters over the control
+plane, runs its share of the generation, then gathers every rank's outcome. The other ranks (the
+followers) wait for commands and run their share. Outcomes decide whether the group can go on: the
+same outcome everywhere (success, or the same error, a cancel included) leaves it healthy; anything
+else leaves it in doubt, and every rank exits non-zero so that the orchestrator restarts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from redis import Redis
+
+from service.schemas import GenerationParams
+from service.settings import Settings
+from worker.engine import GenerationResult, StageCallback, StepCallback, StopCheck, WanEngine
+from worker.main import load_engine, make_worker
+from worker.parallel import ParallelLayout, ParallelRuntime, init_parallel, shutdown_parallel
+
+log = logging.getLogger("wanserve.worker")
+
+Outcome = tuple[str, str] | None
+"""None for success, else (exception type, message)."""
+
+EXIT_GROUP_IN_DOUBT = 3
+
+
+class GroupFailed(RuntimeError):
+    """Another rank failed, or the ranks disagree about what happened."""
+
+    code = "worker_group_failed"
+
+
+def group_in_doubt(outcomes: list[Outcome]) -> bool:
+    return len({outcome[0] if outcome else None for outcome in outcomes}) > 1
+
+
+class GroupLeader:
+    """Rank 0's engine: the same ``generate`` as ``WanEngine``, run collectively by the whole group."""
+
+    def __init__(self, runtime: ParallelRuntime, engine: WanEngine, keepalive_s: float) -> None:
+        self.runtime = runtime
+        self.engine = engine
+        self.profile = engine.profile
+        self.keepalive_s = keepalive_s
+        self.in_doubt = False
+        self._lock = threading.Lock()
+        self._busy = False
+        self._stopped = threading.Event()
+        self._pinger = threading.Thread(target=self._keep_alive, name="group-keepalive", daemon=True)
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        return self.engine.layout
+
+    def start(self) -> None:
+        self._pinger.start()
+
+    def stop(self) -> None:
+        """Tell the followers to exit (after the running job, which holds no lock while it runs)."""
+        self._stopped.set()
+        with self._lock:
+            if not self.in_doubt:
+                self.runtime.broadcast({"op": "stop"})
+        self._pinger.join(timeout=5)
+
+    def generate(
+        self,
+        params: GenerationParams,
+        *,
+        on_stage: StageCallback | None = None,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> GenerationResult:
+        if self.in_doubt:
+            raise GroupFailed("This worker group is restarting after a failure; the job will be retried.")
+        with self._lock:
+            self._busy = True
+            self.runtime.broadcast({"op": "generate", "params": params.to_json()})
+        result: GenerationResult | None = None
+        error: Exception | None = None
+        try:
+            result = self.engine.generate(params, on_stage=on_stage, on_step=on_step, should_stop=should_stop)
+        except Exception as exc:
+            error = exc
+        try:
+            outcomes = self.runtime.gather(_outcome(error))
+        except Exception as exc:  # a rank never arrived: it is stuck or gone
+            self.in_doubt = True
+            raise GroupFailed(f"The worker group lost a rank: {exc}") from error
+        finally:
+            self._busy = False
+        self.in_doubt = group_in_doubt(outcomes)
+        failures = [(rank, outcome) for rank, outcome in enumerate(outcomes) if outcome]
+        if error is not None and not self.in_doubt:
+            raise error  # every rank failed the same way (a cancel, say): the group is fine
+        if failures:
+            raise GroupFailed("; ".join(f"rank {rank}: {kind}: {message}" for rank, (kind, message) in failures))
+        assert result is not None
+        return result
+
+    def _keep_alive(self) -> None:
+        # NCCL/HCCL watchdogs and the control group's timeout end collectives that wait too long:
+        # an idle group pings so that followers never wait longer than keepalive_s.
+        while not self._stopped.wait(self.keepalive_s):
+            with self._lock:
+                if self._busy or self._stopped.is_set() or self.in_doubt:
+                    continue
+                try:
+                    self.runtime.broadcast({"op": "ping"})
+                except Exception as exc:
+                    log.error("keep-alive failed, the group is in doubt: %s", exc)
+                    self.in_doubt = True
+
+
+def follow(runtime: ParallelRuntime, engine: WanEngine) -> int:
+    """A follower's life: run each job the leader broadcasts until told to stop; returns the exit code."""
+    while True:
+        command = runtime.broadcast(None)
+        if command["op"] == "ping":
+            continue
+        if command["op"] == "stop":
+            return 0
+        params = GenerationParams.from_json(command["params"])
+        error: Exception | None = None
+        try:
+            engine.generate(params)
+        except Exception as exc:
+            log.exception("rank %d failed", runtime.rank)
+            error = exc
+        if group_in_doubt(runtime.gather(_outcome(error))):
+            log.error("rank %d: the group is in doubt after a failure; exiting for a restart", runtime.rank)
+            return EXIT_GROUP_IN_DOUBT
+
+
+def _outcome(error: BaseException | None) -> Outcome:
+    if error is None:
+        return None
+    return type(error).__name__, getattr(error, "message", None) or str(error)
+
+
+def _ignore_signal(signum: int, _frame: object) -> None:
+    log.info("follower got signal %d; it stops when the leader says so", signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m worker.group")
+    parser.add_argument("--ulysses", type=int, default=1)
+    parser.add_argument("--cfg", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("WANSERVE_LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s %(levelname)s rank{os.environ.get('RANK', '?')} %(name)s: %(message)s",
+    )
+    settings = Settings()
+    layout = ParallelLayout(int(os.environ.get("WORLD_SIZE", "1")), args.ulysses, args.cfg)
+    runtime = init_parallel(layout, settings.device, settings.dist_timeout_s)
+    engine = load_engine(settings, parallel=runtime)
+    if not runtime.is_leader:
+        signal.signal(signal.SIGTERM, _ignore_signal)
+        signal.signal(signal.SIGINT, _ignore_signal)
+        code = follow(runtime, engine)
+    else:
+        code = _lead(settings, runtime, engine)
+    if code == 0:
+        shutdown_parallel()
+    log.info("rank %d exiting with %d", runtime.rank, code)
+    sys.exit(code)
+
+
+def _lead(settings: Settings, runtime: ParallelRuntime, engine: WanEngine) -> int:
+    assert settings.redis_url
+    leader = GroupLeader(runtime, engine, settings.keepalive_s)
+    worker = make_worker(
+        settings, leader, Redis.from_url(settings.redis_url), name=os.environ.get("WANSERVE_WORKER_NAME")
+    )
+    worker.stop_when = lambda: leader.in_doubt
+    leader.start()
+    log.info("group leader %s ready: %s", worker.name, engine.layout)
+    try:
+        worker.work(with_scheduler=False)
+    finally:
+        if not leader.in_doubt:
+            leader.stop()
+    return EXIT_GROUP_IN_DOUBT if leader.in_doubt else 0
+
+
+if __name__ == "__main__":
+    main()

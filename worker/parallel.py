@@ -1,0 +1,142 @@
+"""Parallel layout of one worker group: Ulysses sequence parallelism x CFG parallelism over torchrun ranks.
+
+One group is one replica of the model. Its ranks form a device mesh ``(cfg, ring=1, ulysses)``:
+ranks that share a CFG index split the sequence (Ulysses, through diffusers' context parallelism);
+the two CFG halves run the conditional and the unconditional pass of each step and exchange results.
+A separate gloo group with a long timeout carries the control plane (jobs, keep-alives, per-step
+decisions), so it never waits on an accelerator collective and survives idle periods.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from unittest import mock
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from worker import device as devices
+
+log = logging.getLogger("wanserve.worker")
+
+_BACKENDS = {"cuda": "nccl", "npu": "hccl", "cpu": "gloo"}
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """How many ranks, split how: ``ranks == ulysses * cfg``."""
+
+    ranks: int = 1
+    ulysses: int = 1
+    cfg: int = 1
+
+    def __post_init__(self) -> None:
+        if self.cfg not in (1, 2):
+            raise ValueError(
+                f"--cfg must be 1 or 2 (the conditional and unconditional passes), not {self.cfg}"
+            )
+        if self.ulysses < 1:
+            raise ValueError(f"--ulysses must be at least 1, not {self.ulysses}")
+        if self.ranks != self.ulysses * self.cfg:
+            raise ValueError(
+                f"--nproc {self.ranks} must equal --ulysses {self.ulysses} x --cfg {self.cfg} = "
+                f"{self.ulysses * self.cfg}"
+            )
+
+    def check_heads(self, num_attention_heads: int) -> None:
+        """Ulysses gives each rank whole attention heads: the degree must divide the head count."""
+        if num_attention_heads % self.ulysses:
+            divisors = [d for d in range(1, num_attention_heads + 1) if num_attention_heads % d == 0]
+            raise ValueError(
+                f"--ulysses {self.ulysses} does not divide the model's {num_attention_heads} attention "
+                f"heads; choose one of {divisors}"
+            )
+
+
+@dataclass
+class ParallelRuntime:
+    """This rank's place in its group, and the groups it talks over."""
+
+    layout: ParallelLayout
+    rank: int
+    device: torch.device
+    control: Any
+    """gloo process group for the control plane."""
+    mesh: DeviceMesh
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def cfg_rank(self) -> int:
+        return int(self.mesh.get_local_rank("cfg"))
+
+    def agree(self, leader_value: bool) -> bool:
+        """The leader's decision (a cancel, say), taken by every rank at the same point of the loop."""
+        flag = torch.tensor([int(leader_value)], dtype=torch.int32)
+        dist.broadcast(flag, src=0, group=self.control)
+        return bool(flag.item())
+
+    def cfg_gather(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exchange this rank's half of classifier-free guidance; returns (conditional, unconditional)."""
+        gathered = [torch.empty_like(local) for _ in range(self.layout.cfg)]
+        dist.all_gather(gathered, local.contiguous(), group=self.mesh.get_group("cfg"))
+        return gathered[0], gathered[1]
+
+    def broadcast(self, obj: Any) -> Any:
+        """Send ``obj`` from the leader to every rank over the control plane; followers pass None."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        out: list[Any] = [None] * self.layout.ranks
+        dist.all_gather_object(out, obj, group=self.control)
+        return out
+
+
+def init_parallel(layout: ParallelLayout, device_name: str, timeout_s: float) -> ParallelRuntime:
+    """Join the torchrun group (RANK, WORLD_SIZE, LOCAL_RANK from the environment) and build the mesh."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size != layout.ranks:
+        raise ValueError(f"torchrun started {world_size} ranks but the layout needs {layout.ranks}")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = devices.select_device(device_name, local_rank)
+    timeout = timedelta(seconds=timeout_s)
+    # The device is set before the process group exists, so NCCL/HCCL bind to the right card.
+    dist.init_process_group(_BACKENDS[device.type], timeout=timeout)
+    control = dist.new_group(backend="gloo", timeout=timeout)
+    mesh = init_device_mesh(
+        device.type, (layout.cfg, 1, layout.ulysses), mesh_dim_names=("cfg", "ring", "ulysses")
+    )
+    runtime = ParallelRuntime(layout, dist.get_rank(), device, control, mesh)
+    log.info("rank %d/%d on %s: %s", runtime.rank, layout.ranks, device, layout)
+    return runtime
+
+
+def enable_ulysses(transformer: Any, runtime: ParallelRuntime) -> None:
+    """Split attention over the Ulysses ranks with diffusers' context parallelism."""
+    from diffusers import ContextParallelConfig
+
+    config = ContextParallelConfig(
+        ulysses_degree=runtime.layout.ulysses, mesh=runtime.mesh["ring", "ulysses"]
+    )
+    if runtime.device.type == "cpu":
+        # diffusers computes `rank % torch.accelerator.device_count()`, which is a division by zero
+        # on a CPU-only host; the device it derives is unused once a mesh is given.
+        with mock.patch.object(torch.accelerator, "device_count", return_value=1):
+            transformer.enable_parallelism(config=config)
+    else:
+        transformer.enable_parallelism(config=config)
+
+
+def shutdown_parallel() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
