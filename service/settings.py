@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=2000, ge=1)
     max_steps: int = Field(default=100, ge=1)
     dist_timeout_s: float = Field(
-        default=600, gt=0, description="Worker group: how long a rank waits in a collective before failing."
+        default=600,
+        gt=0,
+        description="Worker group: how long a rank waits in a device collective (control plane: twice that).",
     )
     keepalive_s: float = Field(
         default=60, gt=0, description="Worker group: how often an idle leader pings its followers."
@@ -53,6 +55,14 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # Compose and Kubernetes pass unset variables as empty strings.
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _keepalive_within_timeout(self) -> Settings:
+        if self.keepalive_s >= 2 * self.dist_timeout_s:
+            raise ValueError(
+                "keepalive_s must be shorter than twice dist_timeout_s, or idle followers time out"
+            )
+        return self
 
     @property
     def videos_dir(self) -> Path:

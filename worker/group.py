@@ -3,8 +3,9 @@
 Rank 0 (the leader) runs the RQ worker. For each job it broadcasts the parameters over the control
 plane, runs its share of the generation, then gathers every rank's outcome. The other ranks (the
 followers) wait for commands and run their share. Outcomes decide whether the group can go on: the
-same outcome everywhere (success, or the same error, a cancel included) leaves it healthy; anything
-else leaves it in doubt, and every rank exits non-zero so that the orchestrator restarts it.
+same outcome everywhere (success, or the same error with the same message, a cancel included) leaves
+it healthy; anything else leaves it in doubt, and every rank exits non-zero so that the orchestrator
+restarts it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class GroupFailed(RuntimeError):
 
 
 def group_in_doubt(outcomes: list[Outcome]) -> bool:
-    return len({outcome[0] if outcome else None for outcome in outcomes}) > 1
+    """Ranks that did not all end the same way (same error, same message) may be out of step."""
+    return len(set(outcomes)) > 1
 
 
 class GroupLeader:
@@ -103,7 +105,8 @@ class GroupLeader:
         if error is not None and not self.in_doubt:
             raise error  # every rank failed the same way (a cancel, say): the group is fine
         if failures:
-            raise GroupFailed("; ".join(f"rank {rank}: {kind}: {message}" for rank, (kind, message) in failures))
+            summary = "; ".join(f"rank {rank}: {kind}: {message}" for rank, (kind, message) in failures)
+            raise GroupFailed(summary)
         assert result is not None
         return result
 
@@ -136,7 +139,12 @@ def follow(runtime: ParallelRuntime, engine: WanEngine) -> int:
         except Exception as exc:
             log.exception("rank %d failed", runtime.rank)
             error = exc
-        if group_in_doubt(runtime.gather(_outcome(error))):
+        try:
+            in_doubt = group_in_doubt(runtime.gather(_outcome(error)))
+        except Exception:
+            log.exception("rank %d lost the leader", runtime.rank)
+            in_doubt = True
+        if in_doubt:
             log.error("rank %d: the group is in doubt after a failure; exiting for a restart", runtime.rank)
             return EXIT_GROUP_IN_DOUBT
 

@@ -8,6 +8,8 @@ one tears the group down at once.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -24,12 +26,20 @@ from worker.parallel import ParallelLayout
 
 log = logging.getLogger("wanserve.worker")
 
+_PR_SET_PDEATHSIG = 1
+
 
 def torchrun_command(layout: ParallelLayout) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={layout.ranks}",
         "-m", "worker.group", f"--ulysses={layout.ulysses}", f"--cfg={layout.cfg}",
     ]  # fmt: skip
+
+
+def _terminate_with_parent() -> None:
+    """In the torchrun child: SIGTERM it (it then stops its ranks) when the launcher dies, even by SIGKILL."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def launch_group(settings: Settings, layout: ParallelLayout) -> int:
@@ -46,7 +56,9 @@ def launch_group(settings: Settings, layout: ParallelLayout) -> int:
     env = {**os.environ, "WANSERVE_WORKER_NAME": name, "WANSERVE_MODEL": str(folder)}
     if not settings.model:
         env["WANSERVE_MODEL_NAME"] = settings.model_name or profile_for_folder(folder).name
-    group = subprocess.Popen(torchrun_command(layout), env=env, start_new_session=True)
+    group = subprocess.Popen(
+        torchrun_command(layout), env=env, start_new_session=True, preexec_fn=_terminate_with_parent
+    )
     log.info("worker group %s started: %s", name, layout)
     stopping = False
 

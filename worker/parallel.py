@@ -103,16 +103,19 @@ class ParallelRuntime:
 
 
 def init_parallel(layout: ParallelLayout, device_name: str, timeout_s: float) -> ParallelRuntime:
-    """Join the torchrun group (RANK, WORLD_SIZE, LOCAL_RANK from the environment) and build the mesh."""
+    """Join the torchrun group (RANK, WORLD_SIZE, LOCAL_RANK from the environment) and build the mesh.
+
+    ``timeout_s`` bounds how long a rank waits in a device collective; the control plane gets twice that.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size != layout.ranks:
         raise ValueError(f"torchrun started {world_size} ranks but the layout needs {layout.ranks}")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = devices.select_device(device_name, local_rank)
-    timeout = timedelta(seconds=timeout_s)
-    # The device is set before the process group exists, so NCCL/HCCL bind to the right card.
-    dist.init_process_group(_BACKENDS[device.type], timeout=timeout)
-    control = dist.new_group(backend="gloo", timeout=timeout)
+    dist.init_process_group(_BACKENDS[device.type], timeout=timedelta(seconds=timeout_s))
+    # Twice as patient as the compute group: after a rank fails mid-step, its peers first sit out the
+    # compute collective's timeout, and only then join the control plane to compare outcomes.
+    control = dist.new_group(backend="gloo", timeout=timedelta(seconds=2 * timeout_s))
     mesh = init_device_mesh(
         device.type, (layout.cfg, 1, layout.ulysses), mesh_dim_names=("cfg", "ring", "ulysses")
     )

@@ -1,0 +1,15 @@
+"""The request every equivalence run generates."""
+
+from service.schemas import GenerationParams
+
+PARAMS = GenerationParams(
+    prompt="a red fox in the snow",
+    negative_prompt="blurry",
+    width=64,
+    height=64,
+    num_frames=17,
+    fps=16,
+    num_inference_steps=4,
+    guidance_scale=5.0,
+    seed=1234,
+)

@@ -1,0 +1,188 @@
+"""Real worker groups: `wanserve worker --nproc 2` (torchrun on gloo), jobs through the API and Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from service import jobs
+from service.http.app import create_app
+from service.settings import Settings
+from tests.e2e.conftest import wait_until
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).parents[2]
+LONG_JOB = {"size": "128x128", "seconds": 2, "num_inference_steps": 100}
+
+
+@pytest.fixture
+def client(settings: Settings):
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+class Group:
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, "PYTHONPATH": str(REPO), **env},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGTERM first (torchrun stops its ranks on it), SIGKILL if that is not enough."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture
+def start_group(settings: Settings, redis: Redis, tmp_path: Path):
+    started: list[Group] = []
+
+    def start(*args: str, entry: list[str] | None = None, **env: str) -> Group:
+        base_env = {
+            "WANSERVE_REDIS_URL": settings.redis_url or "",
+            "WANSERVE_DATA_DIR": str(settings.data_dir),
+            "WANSERVE_STORAGE_DIR": str(settings.videos_dir),
+            "WANSERVE_DIST_TIMEOUT_S": "20",
+            **env,
+        }
+        command = entry or [sys.executable, "-m", "service.cli", "worker"]
+        group = Group([*command, *args], base_env, tmp_path / f"group-{len(started)}.log")
+        started.append(group)
+        wait_until(
+            lambda: redis.hlen(jobs.MODEL_REGISTRY_KEY) > 0 or group.process.poll() is not None, 120, "ranks"
+        )
+        assert group.process.poll() is None, group.log
+        return group
+
+    yield start
+    for group in started:
+        group.kill()
+
+
+def submit(client: TestClient, prompt: str = "a red fox", **body: Any) -> str:
+    payload = {"prompt": prompt, "size": "64x64", "seconds": 1, "num_inference_steps": 4, **body}
+    response = client.post("/v1/videos", json=payload)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def wait_for(client: TestClient, video_id: str, done: Callable[[dict], bool], timeout: float = 120) -> dict:
+    view: dict = {}
+
+    def check() -> bool:
+        nonlocal view
+        view = client.get(f"/v1/videos/{video_id}").json()
+        return done(view)
+
+    wait_until(check, timeout, f"{video_id} ({view.get('status')})")
+    return view
+
+
+def finished(view: dict) -> bool:
+    return view["status"] in ("completed", "failed", "cancelled")
+
+
+def test_a_group_serves_cancels_and_stops_after_its_running_job(client, start_group, redis) -> None:
+    group = start_group("--nproc", "2", "--ulysses", "2")
+
+    video = wait_for(client, submit(client), finished)
+    assert video["status"] == "completed", video["error"]
+    assert video["parallel"] == {"ranks": 2, "ulysses": 2, "cfg": 1, "device": "cpu"}
+
+    cancelled = submit(client, **LONG_JOB)
+    wait_for(client, cancelled, lambda v: v["stage"] == "denoise" and v["progress"] > 5)
+    redis.set(jobs.cancel_key(cancelled), 1)  # what a cancel request writes
+    view = wait_for(client, cancelled, finished)
+    assert view["status"] == "cancelled"
+    assert 5 < view["progress"] < 90
+
+    assert wait_for(client, submit(client), finished)["status"] == "completed", "the group goes on"
+
+    running = submit(client, **LONG_JOB)
+    wait_for(client, running, lambda v: v["status"] == "in_progress")
+    group.process.send_signal(signal.SIGTERM)
+    assert group.wait(timeout=120) == 0, group.log
+    assert client.get(f"/v1/videos/{running}").json()["status"] == "completed", "the running job finishes"
+    assert "rank 1 exiting with 0" in group.log
+
+
+def test_an_idle_group_outlives_its_collective_timeout(client, start_group) -> None:
+    start_group("--nproc", "2", "--cfg", "2", WANSERVE_DIST_TIMEOUT_S="3", WANSERVE_KEEPALIVE_S="0.5")
+    time.sleep(8)  # well past the 3 s timeout a waiting follower would hit without keep-alives
+    video = wait_for(client, submit(client), finished)
+    assert video["status"] == "completed", video["error"]
+    assert video["parallel"]["cfg"] == 2
+
+
+def faulty(*args: str) -> list[str]:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    return [*torchrun, str(REPO / "tests" / "distributed" / "faulty_group.py"), *args]
+
+
+def test_a_rank_failing_mid_step_fails_the_job_and_the_group_exits_for_a_restart(client, start_group) -> None:
+    group = start_group(entry=faulty("--ulysses", "2"), WANSERVE_DIST_TIMEOUT_S="5")
+    video = wait_for(client, submit(client, "fail on rank 1"), finished)
+    assert video["status"] == "failed", group.log
+    assert video["error"]["code"] == "worker_group_failed"
+    assert "rank 1: RuntimeError: injected failure on rank 1" in video["error"]["message"]
+    assert group.wait(timeout=60) != 0, "a group in doubt exits non-zero so that it is restarted"
+
+
+def test_the_same_failure_on_every_rank_leaves_the_group_serving(client, start_group) -> None:
+    group = start_group(entry=faulty("--cfg", "2"))
+    video = wait_for(client, submit(client, "fail everywhere"), finished)
+    assert video["status"] == "failed"
+    assert "injected failure on every rank" in video["error"]["message"]
+    assert wait_for(client, submit(client), finished)["status"] == "completed"
+    assert group.process.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--nproc", "4", "--ulysses", "4"), "does not divide the model's 2 attention heads"),
+        (("--nproc", "3", "--ulysses", "2"), "must equal --ulysses 2 x --cfg 1"),
+    ],
+)
+def test_impossible_layouts_fail_at_start_up(settings: Settings, args: tuple[str, ...], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "worker", *args],
+        env={
+            **os.environ,
+            "WANSERVE_REDIS_URL": settings.redis_url or "",
+            "WANSERVE_DATA_DIR": str(settings.data_dir),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert message in done.stderr
