@@ -38,7 +38,12 @@ def main() -> None:
     }
     cli = [sys.executable, "-m", "service.cli"]
     procs = [
-        subprocess.Popen([*cli, "api", "--port", str(args.port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(
+            [*cli, "api", "--port", str(args.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
         subprocess.Popen([*cli, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
     base = f"http://127.0.0.1:{args.port}"
