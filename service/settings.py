@@ -44,8 +44,10 @@ class Settings(BaseSettings):
         gt=0,
         description="Worker group: how long a rank waits in a device collective (control plane: twice that).",
     )
-    keepalive_s: float = Field(
-        default=60, gt=0, description="Worker group: how often an idle leader pings its followers."
+    keepalive_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Worker group: idle ping interval (default: 60 s, at most half the timeout).",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or npu.")
     dtype: str = Field(default="auto", description="auto, float32, bfloat16 or float16.")
@@ -58,11 +60,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _keepalive_within_timeout(self) -> Settings:
-        if self.keepalive_s >= 2 * self.dist_timeout_s:
+        if self.keepalive_s is not None and self.keepalive_s >= 2 * self.dist_timeout_s:
             raise ValueError(
                 "keepalive_s must be shorter than twice dist_timeout_s, or idle followers time out"
             )
         return self
+
+    @property
+    def keepalive_interval_s(self) -> float:
+        return self.keepalive_s if self.keepalive_s is not None else min(60.0, self.dist_timeout_s / 2)
 
     @property
     def videos_dir(self) -> Path:

@@ -105,6 +105,9 @@ class WanEngine:
         if torch_dtype != torch.float32:
             # The VAE decodes in float32 as in diffusers' Wan examples: bf16 decoding bands visibly.
             pipe.vae.to(torch.float32)
+        if target.type == "npu":
+            # Ascend's fused attention kernel (torch_npu.npu_fusion_attention) through diffusers.
+            pipe.transformer.set_attention_backend("_native_npu")
         if parallel is not None and parallel.layout.ulysses > 1:
             enable_ulysses(pipe.transformer, parallel)
         engine = cls(pipe, target, torch_dtype, profile, parallel)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 from redis import Redis
+from rq import Worker
 from rq.command import send_shutdown_command
 
 from service.model_profile import profile_for_folder
@@ -27,11 +28,14 @@ from worker.parallel import ParallelLayout
 log = logging.getLogger("wanserve.worker")
 
 _PR_SET_PDEATHSIG = 1
+MAX_RESTARTS = 3
+"""How often torchrun restarts a group whose ranks exited in doubt, before the launcher gives up."""
 
 
 def torchrun_command(layout: ParallelLayout) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={layout.ranks}",
+        f"--max-restarts={MAX_RESTARTS}",
         "-m", "worker.group", f"--ulysses={layout.ulysses}", f"--cfg={layout.cfg}",
     ]  # fmt: skip
 
@@ -64,13 +68,18 @@ def launch_group(settings: Settings, layout: ParallelLayout) -> int:
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
-        if stopping or not redis.exists(f"rq:worker:{name}"):
+        # Rank 0 registers as NAME-r<restart>: ask whichever incarnation is alive to stop.
+        leaders = [
+            worker.name for worker in Worker.all(connection=redis) if worker.name.startswith(f"{name}-r")
+        ]
+        if stopping or not leaders:
             log.warning("stopping worker group %s now", name)
             group.send_signal(signal.SIGTERM)
             return
         stopping = True
         log.info("worker group %s stops after its running job (signal again to stop now)", name)
-        send_shutdown_command(redis, name)
+        for leader in leaders:
+            send_shutdown_command(redis, leader)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -143,17 +143,29 @@ def test_an_idle_group_outlives_its_collective_timeout(client, start_group) -> N
 
 
 def faulty(*args: str) -> list[str]:
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--max-restarts=1",
+    ]
     return [*torchrun, str(REPO / "tests" / "distributed" / "faulty_group.py"), *args]
 
 
-def test_a_rank_failing_mid_step_fails_the_job_and_the_group_exits_for_a_restart(client, start_group) -> None:
-    group = start_group(entry=faulty("--ulysses", "2"), WANSERVE_DIST_TIMEOUT_S="5")
+def test_a_rank_failing_mid_step_fails_the_job_and_the_group_restarts(client, start_group) -> None:
+    group = start_group(entry=faulty("--ulysses", "2"), WANSERVE_DIST_TIMEOUT_S="5", WANSERVE_WORKER_NAME="g")
     video = wait_for(client, submit(client, "fail on rank 1"), finished)
     assert video["status"] == "failed", group.log
     assert video["error"]["code"] == "worker_group_failed"
     assert "rank 1: RuntimeError: injected failure on rank 1" in video["error"]["message"]
-    assert group.wait(timeout=60) != 0, "a group in doubt exits non-zero so that it is restarted"
+
+    after_restart = wait_for(client, submit(client), finished)
+    assert after_restart["status"] == "completed", group.log
+    restarted_as = after_restart["worker"]
+    assert restarted_as.startswith("g-r") and restarted_as != "g-r0", "torchrun restarted the group"
+    assert "rank 1 exiting with 3" in group.log and "rank 0 exiting with 3" in group.log
 
 
 def test_the_same_failure_on_every_rank_leaves_the_group_serving(client, start_group) -> None:
