@@ -85,9 +85,9 @@ def _worker(args: argparse.Namespace) -> None:
 
         run_worker(Settings(), burst=args.burst)
         return
-    from worker.launcher import launch_group
+    from worker.launcher import GroupLauncher
 
-    sys.exit(launch_group(Settings(), layout))
+    sys.exit(GroupLauncher(Settings(), layout).run())
 
 
 def _dev(args: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ from redis import Redis
 from service.schemas import GenerationParams
 from service.settings import Settings
 from worker.engine import GenerationResult, StageCallback, StepCallback, StopCheck, WanEngine
-from worker.main import load_engine, make_worker, unique_worker_name
+from worker.main import load_engine, make_worker
 from worker.parallel import ParallelLayout, ParallelRuntime, init_parallel, shutdown_parallel
 
 log = logging.getLogger("wanserve.worker")
@@ -187,9 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 def _lead(settings: Settings, runtime: ParallelRuntime, engine: WanEngine) -> int:
     assert settings.redis_url
     leader = GroupLeader(runtime, engine, settings.keepalive_interval_s)
-    # torchrun restarts a group in doubt; each incarnation of rank 0 registers under a name of its own.
-    base_name = os.environ.get("WANSERVE_WORKER_NAME") or unique_worker_name()
-    name = f"{base_name}-r{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    name = os.environ.get("WANSERVE_WORKER_NAME")  # the launcher names each incarnation of the group
     worker = make_worker(settings, leader, Redis.from_url(settings.redis_url), name=name)
     worker.stop_when = lambda: leader.in_doubt
     leader.start()

@@ -15,9 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 
 from redis import Redis
-from rq import Worker
 from rq.command import send_shutdown_command
 
 from service.model_profile import profile_for_folder
@@ -29,14 +29,15 @@ log = logging.getLogger("wanserve.worker")
 
 _PR_SET_PDEATHSIG = 1
 MAX_RESTARTS = 3
-"""How often torchrun restarts a group whose ranks exited in doubt, before the launcher gives up."""
+"""How often a group that exited in doubt is started again before the launcher gives up."""
+
+GROUP_ENTRY = ("-m", "worker.group")
 
 
-def torchrun_command(layout: ParallelLayout) -> list[str]:
+def torchrun_command(layout: ParallelLayout, entry: Sequence[str] = GROUP_ENTRY) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={layout.ranks}",
-        f"--max-restarts={MAX_RESTARTS}",
-        "-m", "worker.group", f"--ulysses={layout.ulysses}", f"--cfg={layout.cfg}",
+        *entry, f"--ulysses={layout.ulysses}", f"--cfg={layout.cfg}",
     ]  # fmt: skip
 
 
@@ -46,41 +47,63 @@ def _terminate_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def launch_group(settings: Settings, layout: ParallelLayout) -> int:
-    """Run one worker group until it stops; returns its exit code."""
-    if not settings.redis_url:
-        raise SystemExit("WANSERVE_REDIS_URL is not set (use `wanserve dev` for an embedded Redis)")
-    folder = model_folder(settings)  # the tiny model is generated once here, not by every rank
-    try:
-        layout.check_heads(profile_for_folder(folder).num_attention_heads)
-    except ValueError as exc:
-        raise SystemExit(f"wanserve worker: {exc}") from None
-    name = unique_worker_name()
-    redis = Redis.from_url(settings.redis_url)
-    env = {**os.environ, "WANSERVE_WORKER_NAME": name, "WANSERVE_MODEL": str(folder)}
-    if not settings.model:
-        env["WANSERVE_MODEL_NAME"] = settings.model_name or profile_for_folder(folder).name
-    group = subprocess.Popen(
-        torchrun_command(layout), env=env, start_new_session=True, preexec_fn=_terminate_with_parent
-    )
-    log.info("worker group %s started: %s", name, layout)
-    stopping = False
+class GroupLauncher:
+    """Runs torchrun, starts a fresh one when a group exits in doubt, and stops it gracefully.
 
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        # Rank 0 registers as NAME-r<restart>: ask whichever incarnation is alive to stop.
-        leaders = [
-            worker.name for worker in Worker.all(connection=redis) if worker.name.startswith(f"{name}-r")
-        ]
-        if stopping or not leaders:
-            log.warning("stopping worker group %s now", name)
-            group.send_signal(signal.SIGTERM)
+    A fresh torchrun per incarnation (rather than torchrun's own ``--max-restarts``) gets a fresh
+    rendezvous: restarted ranks reusing the old one failed to connect their gloo mesh here.
+    """
+
+    def __init__(
+        self, settings: Settings, layout: ParallelLayout, entry: Sequence[str] = GROUP_ENTRY
+    ) -> None:
+        if not settings.redis_url:
+            raise SystemExit("WANSERVE_REDIS_URL is not set (use `wanserve dev` for an embedded Redis)")
+        folder = model_folder(settings)  # the tiny model is generated once here, not by every rank
+        profile = profile_for_folder(folder)
+        try:
+            layout.check_heads(profile.num_attention_heads)
+        except ValueError as exc:
+            raise SystemExit(f"wanserve worker: {exc}") from None
+        self.layout = layout
+        self.command = torchrun_command(layout, entry)
+        self.redis = Redis.from_url(settings.redis_url)
+        self.name = unique_worker_name()
+        self.env = {**os.environ, "WANSERVE_MODEL": str(folder)}
+        if not settings.model:
+            self.env["WANSERVE_MODEL_NAME"] = settings.model_name or profile.name
+        self.stopping = False
+        self.group: subprocess.Popen[bytes] | None = None
+        self.leader_name = ""
+
+    def run(self) -> int:
+        """Run the group until it stops by request or fails MAX_RESTARTS + 1 times; returns its exit code."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for attempt in range(MAX_RESTARTS + 1):
+            self.leader_name = f"{self.name}-r{attempt}"
+            self.group = subprocess.Popen(
+                self.command,
+                env={**self.env, "WANSERVE_WORKER_NAME": self.leader_name},
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent,
+            )
+            log.info("worker group %s started: %s", self.leader_name, self.layout)
+            code = self.group.wait()
+            if code == 0 or self.stopping:
+                return code
+            log.error("worker group %s exited with %d", self.leader_name, code)
+        log.error("worker group %s failed %d times; giving up", self.name, MAX_RESTARTS + 1)
+        return code
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.group is None:
             return
-        stopping = True
-        log.info("worker group %s stops after its running job (signal again to stop now)", name)
-        for leader in leaders:
-            send_shutdown_command(redis, leader)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    return group.wait()
+        if self.stopping or not self.redis.exists(f"rq:worker:{self.leader_name}"):
+            log.warning("stopping worker group %s now", self.leader_name)
+            self.stopping = True
+            self.group.send_signal(signal.SIGTERM)
+            return
+        self.stopping = True
+        log.info("worker group %s stops after its running job (signal again to stop now)", self.leader_name)
+        send_shutdown_command(self.redis, self.leader_name)
