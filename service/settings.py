@@ -36,6 +36,15 @@ class Settings(BaseSettings):
     )
     queue: str = Field(default="wanserve", description="RQ queue name shared by the API and the workers.")
     job_timeout_s: int = Field(default=3600, ge=1, description="Longest a single job may run.")
+    job_retries: int = Field(
+        default=2, ge=0, description="How often a job whose worker died (or whose group failed) is run again."
+    )
+    heartbeat_ttl_s: int = Field(
+        default=60, ge=2, description="A running job whose worker stops beating this long is abandoned."
+    )
+    reap_interval_s: float = Field(
+        default=10, gt=0, description="How often workers look for abandoned jobs to put back on the queue."
+    )
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="How long RQ keeps finished jobs.")
     max_prompt_chars: int = Field(default=2000, ge=1)
     max_steps: int = Field(default=100, ge=1)

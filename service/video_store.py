@@ -13,7 +13,7 @@ import uuid
 from typing import Any, cast
 
 from redis import Redis
-from rq import Queue
+from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
@@ -39,7 +39,7 @@ class VideoStore:
     # -- API side -----------------------------------------------------------------------------
 
     def create(
-        self, params: GenerationParams, *, model: str, job_timeout_s: int, result_ttl_s: int
+        self, params: GenerationParams, *, model: str, job_timeout_s: int, result_ttl_s: int, retries: int
     ) -> Record:
         video_id = new_video_id()
         now = time.time()
@@ -64,6 +64,8 @@ class VideoStore:
                 timeout=job_timeout_s,
                 result_ttl=result_ttl_s,
                 failure_ttl=result_ttl_s,
+                # Retry is what makes RQ requeue a job abandoned by a dead worker, not fail it.
+                retry=Retry(max=retries) if retries else None,
                 pipeline=pipe,
             )
             pipe.execute()
@@ -123,6 +125,8 @@ class VideoStore:
         if job is None:
             return VideoStatus.FAILED, {"code": "job_lost", "message": "The job disappeared from the queue."}
         if job_status in (JobStatus.FAILED, JobStatus.STOPPED):
+            if record.get("error"):  # the last attempt said why before giving the job back
+                return VideoStatus.FAILED, record["error"]
             result = job.latest_result()
             return VideoStatus.FAILED, {
                 "code": "worker_failed",

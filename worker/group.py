@@ -38,6 +38,8 @@ class GroupFailed(RuntimeError):
     """Another rank failed, or the ranks disagree about what happened."""
 
     code = "worker_group_failed"
+    retryable = True
+    """The job itself may be fine: RQ's Retry gives it to the restarted group."""
 
 
 def group_in_doubt(outcomes: list[Outcome]) -> bool:

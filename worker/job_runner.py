@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rq import get_current_job
+from rq.timeouts import JobTimeoutException
 
 from service.errors import GenerationCancelled, VideoNotFound
 from service.jobs import Stage, VideoStatus
@@ -45,14 +47,19 @@ class VideoJob:
     def run(self, video_id: str) -> dict[str, Any]:
         """Generate and store one video; the record ends completed, cancelled or failed.
 
-        Exceptions other than a cancel are re-raised after the record says ``failed``, so RQ keeps the
-        traceback in its failed registry and the worker goes on to the next job.
+        A failure is recorded on the video and the job returns normally: RQ would otherwise retry it.
+        Only a failure of the worker group itself (``retryable``) is raised, so that RQ's ``Retry``
+        puts the job back on the queue for the restarted group; the record then says queued again.
+        A job that RQ hands out again after it ended (a worker thought dead was not) is skipped.
         """
         try:
             record = self.store.get(video_id)
         except VideoNotFound:
             log.info("%s was deleted before it started", video_id)
             return {"status": "deleted"}
+        if VideoStatus(record["status"]).is_terminal:
+            log.warning("%s already ended %s; not generating it again", video_id, record["status"])
+            return {"status": record["status"]}
         if self.store.cancel_requested(video_id):
             return self._cancelled(video_id, "Cancelled before it started.")
 
@@ -66,6 +73,8 @@ class VideoJob:
             worker=self.worker_name,
             parallel=self.engine.layout,
             timings=timings,
+            attempts=int(record.get("attempts", 0)) + 1,
+            progress=0,
         )
         try:
             result = self.engine.generate(
@@ -85,14 +94,20 @@ class VideoJob:
         except Exception as exc:
             log.exception("%s failed", video_id)
             self.storage.delete(video_id)
+            if getattr(exc, "retryable", False):
+                self.store.update(
+                    video_id, status=VideoStatus.QUEUED.value, stage=Stage.QUEUED.value, progress=0,
+                    error={"code": getattr(exc, "code", "retrying"), "message": _describe(exc)},
+                )  # fmt: skip
+                raise
             self.store.update(
                 video_id,
                 status=VideoStatus.FAILED.value,
                 completed_at=time.time(),
-                error={"code": getattr(exc, "code", "generation_failed"), "message": _describe(exc)},
+                error=_error(exc),
                 timings=timings,
             )
-            raise
+            return {"status": "failed"}
 
         self._stage(video_id, Stage.STORE)
         store_started = time.perf_counter()
@@ -143,6 +158,17 @@ class VideoJob:
         )
         self.store.clear_cancel(video_id)
         return {"status": "cancelled"}
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    if isinstance(exc, JobTimeoutException):
+        job = get_current_job()
+        limit = f"its {job.timeout} s" if job is not None and job.timeout else "its"
+        return {
+            "code": "job_timeout",
+            "message": f"The job ran longer than {limit} limit (WANSERVE_JOB_TIMEOUT_S).",
+        }
+    return {"code": getattr(exc, "code", "generation_failed"), "message": _describe(exc)}
 
 
 def _describe(exc: BaseException) -> str:

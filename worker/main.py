@@ -53,9 +53,12 @@ def make_worker(settings: Settings, engine: Engine, redis: Redis, name: str | No
     """An RQ worker over the resident engine, its model's profile published for the API."""
     tasks.configure(engine, settings)
     redis.hset(jobs.MODEL_REGISTRY_KEY, engine.profile.name, json.dumps(engine.profile.to_json()))
-    return WanWorker(
+    worker = WanWorker(
         [settings.queue], connection=redis, name=name or unique_worker_name(), serializer=jobs.SERIALIZER
     )
+    worker.heartbeat_ttl_s = settings.heartbeat_ttl_s
+    worker.reap_interval_s = settings.reap_interval_s
+    return worker
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:

@@ -1,9 +1,15 @@
-"""The RQ worker: a SimpleWorker (no fork, so the model stays resident) that keeps its heartbeat alive.
+"""The RQ worker: a SimpleWorker (no fork, so the model stays resident) that keeps its heartbeat alive
+and puts jobs abandoned by dead workers back on the queue.
 
 RQ gives a started job a heartbeat TTL of about 90 s and refreshes it only from a forked worker's
 monitoring loop. A SimpleWorker runs the job in its own thread of control and never refreshes it, so a
 video longer than the TTL would be treated as abandoned while still running. A background thread
 refreshes both the worker's and the job's heartbeat while a job runs.
+
+RQ finds abandoned jobs (a started job whose heartbeat expired) only during worker maintenance, every
+10 minutes. A second thread runs that cleanup every ``reap_interval_s``: a job whose worker was
+killed is back on the queue (jobs are enqueued with ``Retry``) within ``heartbeat_ttl_s +
+reap_interval_s`` of the kill.
 """
 
 from __future__ import annotations
@@ -12,20 +18,33 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.job import Job
+from rq.registry import StartedJobRegistry
+
+from service import jobs
 
 log = logging.getLogger("wanserve.worker")
 
-HEARTBEAT_INTERVAL_S = 15
-HEARTBEAT_TTL_S = 90
-
 
 class WanWorker(SimpleWorker):
+    heartbeat_ttl_s: int = 60
+    reap_interval_s: float = 10.0
     stop_when: Callable[[], bool] = staticmethod(lambda: False)
     """Checked after each job: True ends the work loop (a worker group that can no longer be trusted)."""
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        stop = threading.Event()
+        reaper = threading.Thread(target=self._reap, args=(stop,), name="rq-reaper", daemon=True)
+        reaper.start()
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            stop.set()
 
     def perform_job(self, job: Job, queue: Queue) -> bool:
         stop = threading.Event()
@@ -41,9 +60,24 @@ class WanWorker(SimpleWorker):
                 self._stop_requested = True
 
     def _beat(self, job: Job, stop: threading.Event) -> None:
-        while not stop.wait(HEARTBEAT_INTERVAL_S):
+        interval = max(1.0, self.heartbeat_ttl_s / 4)
+        while True:
             try:
-                self.heartbeat(HEARTBEAT_TTL_S)
-                job.heartbeat(datetime.now(UTC), HEARTBEAT_TTL_S)
+                self.heartbeat(self.heartbeat_ttl_s)
+                job.heartbeat(datetime.now(UTC), self.heartbeat_ttl_s)
             except RedisError as exc:  # Redis briefly away: the next beat tries again
                 log.warning("heartbeat for %s failed: %s", job.id, exc)
+            if stop.wait(interval):
+                return
+
+    def _reap(self, stop: threading.Event) -> None:
+        connection = Redis(connection_pool=self.connection.connection_pool)
+        while not stop.wait(self.reap_interval_s):
+            try:
+                for queue in self.queues:
+                    registry = StartedJobRegistry(
+                        queue.name, connection=connection, serializer=jobs.SERIALIZER
+                    )
+                    registry.cleanup()
+            except RedisError as exc:
+                log.warning("looking for abandoned jobs failed: %s", exc)

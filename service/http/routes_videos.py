@@ -50,6 +50,7 @@ async def create_video(request: Request, context: Context, response: Response) -
         model=profile.name,
         job_timeout_s=context.settings.job_timeout_s,
         result_ttl_s=context.settings.result_ttl_s,
+        retries=context.settings.job_retries,
     )
     response.headers["openai-poll-after-ms"] = str(POLL_AFTER_MS[VideoStatus.QUEUED])
     return video_object(record, VideoStatus.QUEUED, None, None)

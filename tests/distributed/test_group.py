@@ -152,17 +152,20 @@ def faulty(ulysses: int, cfg: int) -> list[str]:
     ]
 
 
-def test_a_rank_failing_mid_step_fails_the_job_and_the_group_restarts(client, start_group) -> None:
+def test_a_rank_failing_mid_step_restarts_the_group_and_retries_the_job(
+    client, settings, start_group
+) -> None:
+    settings.job_retries = 1
     group = start_group(entry=faulty(ulysses=2, cfg=1), WANSERVE_DIST_TIMEOUT_S="5")
-    video = wait_for(client, submit(client, "fail on rank 1"), finished)
+    video = wait_for(client, submit(client, "fail on rank 1"), finished, timeout=180)
     assert video["status"] == "failed", group.log
     assert video["error"]["code"] == "worker_group_failed"
     assert "rank 1: RuntimeError: injected failure on rank 1" in video["error"]["message"]
+    assert video["worker"].endswith("-r1"), "the retry ran on the restarted group, and failed again"
 
     after_restart = wait_for(client, submit(client), finished)
     assert after_restart["status"] == "completed", group.log
-    assert after_restart["worker"].endswith("-r1"), "the launcher started the group again"
-    assert after_restart["worker"][:-1] == video["worker"][:-1], "the same launcher"
+    assert after_restart["worker"] == video["worker"][:-1] + "2", "the launcher started the group again"
     assert "rank 1 exiting with 3" in group.log and "rank 0 exiting with 3" in group.log
 
 

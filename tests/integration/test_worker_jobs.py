@@ -88,7 +88,7 @@ def test_progress_moves_on_every_denoising_step(client, settings, engine, redis)
     store = RecordingStore(redis, settings.queue)
     VideoJob(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
     steps = [denoise_progress(done, 6) for done in range(1, 7)]
-    assert store.progress == [1, 2, *steps, 90, 95, 98, 100]
+    assert store.progress == [0, 1, 2, *steps, 90, 95, 98, 100]
     assert store.progress == sorted(store.progress)
     assert len(set(steps)) == 6
 
@@ -108,7 +108,8 @@ def test_a_failing_job_ends_failed_and_the_worker_takes_the_next(
     assert failed["status"] == "failed"
     assert failed["error"]["code"] == "storage_error"
     assert "Cannot write to storage" in failed["error"]["message"]
-    assert Job.fetch(first, connection=redis, serializer=jobs.SERIALIZER).get_status() == JobStatus.FAILED
+    # Recorded, not raised: RQ must not retry a job that failed for a reason of its own.
+    assert Job.fetch(first, connection=redis, serializer=jobs.SERIALIZER).get_status() == JobStatus.FINISHED
     assert client.get(f"/v1/videos/{second}").json()["status"] == "completed"
 
 
@@ -143,6 +144,19 @@ def test_deleting_a_running_video_stops_it_and_leaves_nothing(client, settings, 
     assert not redis.exists(jobs.video_key(video_id)), "the record must not be resurrected"
     assert not (Path(settings.videos_dir) / video_id).exists()
     assert client.get(f"/v1/videos/{video_id}").status_code == 404
+
+
+def test_a_job_handed_out_again_after_it_ended_is_not_generated_twice(
+    client, settings, engine, redis
+) -> None:
+    video_id = submit(client)
+    run_worker_until_idle(settings, engine, redis)
+    first = client.get(f"/v1/videos/{video_id}").json()
+    store = RecordingStore(redis, settings.queue)
+    result = VideoJob(store, LocalStorage(settings.videos_dir), engine, "late").run(video_id)
+    assert result == {"status": "completed"}
+    assert store.progress == []
+    assert client.get(f"/v1/videos/{video_id}").json() == first
 
 
 def test_a_video_deleted_while_queued_is_never_generated(client, settings, engine, redis) -> None:
