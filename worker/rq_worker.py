@@ -1,10 +1,10 @@
 """The RQ worker: a SimpleWorker (no fork, so the model stays resident) that keeps its heartbeat alive
 and puts jobs abandoned by dead workers back on the queue.
 
-RQ gives a started job a heartbeat TTL of about 90 s and refreshes it only from a forked worker's
-monitoring loop. A SimpleWorker runs the job in its own thread of control and never refreshes it, so a
-video longer than the TTL would be treated as abandoned while still running. A background thread
-refreshes both the worker's and the job's heartbeat while a job runs.
+RQ gives a started job's execution a heartbeat TTL of about 90 s and refreshes it only from a forked
+worker's monitoring loop. A SimpleWorker runs the job in its own thread of control and never refreshes
+it, so a video longer than the TTL would be treated as abandoned while still running. A background
+thread refreshes the worker's, the execution's and the job's heartbeats while a job runs.
 
 RQ finds abandoned jobs (a started job whose heartbeat expired) only during worker maintenance, every
 10 minutes. A second thread runs that cleanup every ``reap_interval_s``: a job whose worker was
@@ -63,12 +63,21 @@ class WanWorker(SimpleWorker):
         interval = max(1.0, self.heartbeat_ttl_s / 4)
         while True:
             try:
-                self.heartbeat(self.heartbeat_ttl_s)
-                job.heartbeat(datetime.now(UTC), self.heartbeat_ttl_s)
+                self._refresh_heartbeats(job)
             except RedisError as exc:  # Redis briefly away: the next beat tries again
                 log.warning("heartbeat for %s failed: %s", job.id, exc)
             if stop.wait(interval):
                 return
+
+    def _refresh_heartbeats(self, job: Job) -> None:
+        # RQ 2 tracks a started job by its execution: the execution's score in the started registry is
+        # what the abandoned-job cleanup reads (as in BaseWorker.maintain_heartbeats, with our TTL).
+        with self.connection.pipeline() as pipe:
+            self.heartbeat(self.heartbeat_ttl_s, pipeline=pipe)
+            if self.execution is not None:
+                self.execution.heartbeat(job.started_job_registry, self.heartbeat_ttl_s, pipeline=pipe)
+            job.heartbeat(datetime.now(UTC), self.heartbeat_ttl_s, pipeline=pipe, xx=True)
+            pipe.execute()
 
     def _reap(self, stop: threading.Event) -> None:
         connection = Redis(connection_pool=self.connection.connection_pool)
