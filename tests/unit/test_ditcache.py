@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
+from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+from diffusers.pipelines.wan.pipeline_wan import WanPipeline
+from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
 from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
 from worker.cache import (
@@ -65,7 +68,6 @@ def forward_with_range(
     step: int,
     block_range: tuple[int, int],
     replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    branch: str = "cond",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run an unhooked model with plain torch hooks around ``blocks[start:end]``.
 
@@ -87,7 +89,7 @@ def forward_with_range(
         model.blocks[end - 1].register_forward_hook(grab_output),
     ]
     try:
-        output = forward(model, step, branch)
+        output = forward(model, step)
     finally:
         for handle in handles:
             handle.remove()
@@ -205,6 +207,21 @@ def test_reset_restarts_the_schedule(cached: WanTransformer3DModel) -> None:
     assert dit_cache_stats(cached) == {"blocks_computed": 10 * NUM_BLOCKS - 8, "blocks_skipped": 8}
 
 
+def test_skip_step_with_new_latent_shape_computes(
+    cached: WanTransformer3DModel, reference: WanTransformer3DModel
+) -> None:
+    apply_dit_cache(cached, config(0, 10, 2, (1, 3)))
+    forward(cached, 0)
+    # Step 1 is a skip step, but a batch-1 delta would silently broadcast over batch 2.
+    batch_of_two = {key: torch.cat([value, value]) for key, value in inputs(1, "cond").items()}
+    outputs = []
+    for model in (cached, reference):
+        with model.cache_context("cond"):
+            outputs.append(model(**batch_of_two, return_dict=False)[0])
+    assert torch.equal(outputs[0], outputs[1])
+    assert dit_cache_stats(cached) == {"blocks_computed": 2 * NUM_BLOCKS, "blocks_skipped": 0}
+
+
 def test_remove_restores_uncached_behaviour(
     cached: WanTransformer3DModel, reference: WanTransformer3DModel
 ) -> None:
@@ -285,7 +302,7 @@ def test_wan_pipeline_with_cfg_skips_blocks_and_resets_between_calls() -> None:
     )
     transformer = make_transformer()
     pipe = WanPipeline(
-        tokenizer=ByT5Tokenizer(),
+        tokenizer=ByT5Tokenizer(),  # type: ignore[arg-type]  # diffusers annotates the AutoTokenizer factory
         text_encoder=text_encoder.eval(),
         vae=vae.eval(),
         scheduler=scheduler,
