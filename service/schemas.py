@@ -31,6 +31,9 @@ class CreateVideoRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     num_inference_steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    webhook_url: str | None = Field(
+        default=None, description="Receives video.completed / video.failed / video.cancelled, signed."
+    )
 
     @field_validator("prompt")
     @classmethod
