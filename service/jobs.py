@@ -50,7 +50,13 @@ def cancel_key(video_id: str) -> str:
 
 
 VIDEOS_INDEX_KEY = "wanserve:videos"
-"""Sorted set of every video id, scored by creation time in microseconds."""
+"""Sorted set of every video id, scored by creation time in microseconds (the expiry cleaner reads it)."""
+
+
+def owner_index_key(owner: str) -> str:
+    """The same, for one API key's videos (what ``GET /v1/videos`` lists)."""
+    return f"wanserve:videos:{owner}"
+
 
 MODEL_REGISTRY_KEY = "wanserve:models"
 """Hash of model name -> profile JSON, written by workers when their model has loaded."""

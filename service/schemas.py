@@ -94,7 +94,12 @@ def parse_create_request(body: dict[str, Any]) -> CreateVideoRequest:
 
 
 def resolve_params(
-    request: CreateVideoRequest, profile: ModelProfile, *, max_prompt_chars: int, max_steps: int
+    request: CreateVideoRequest,
+    profile: ModelProfile,
+    *,
+    max_prompt_chars: int,
+    max_steps: int,
+    max_work: int | None = None,
 ) -> GenerationParams:
     """Apply the model's defaults and limits; reject (never round) what the model cannot serve."""
     if request.model is not None and request.model != profile.name:
@@ -130,6 +135,14 @@ def resolve_params(
             f"'num_inference_steps' is {steps}; the limit is {max_steps}.",
             param="num_inference_steps",
             code="invalid_value",
+        )
+
+    if max_work is not None and num_frames * width * height * steps > max_work:
+        raise InvalidRequest(
+            f"{num_frames} frames x {width}x{height} x {steps} steps is more work than one request may ask "
+            f"({max_work:,} frame-pixel-steps); ask for fewer frames, steps or pixels.",
+            param="num_inference_steps",
+            code="request_too_large",
         )
 
     return GenerationParams(

@@ -48,6 +48,23 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(default=7 * 24 * 3600, ge=1, description="How long RQ keeps finished jobs.")
     max_prompt_chars: int = Field(default=2000, ge=1)
     max_steps: int = Field(default=100, ge=1)
+    max_work: int = Field(
+        default=81 * 1280 * 720 * 100,
+        ge=1,
+        description="Largest frames x pixels x steps one request may ask.",
+    )
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted.")
+    max_queue_length: int = Field(
+        default=1000, ge=0, description="Past this many waiting jobs: 429 (0: off)."
+    )
+    rate_limit_per_minute: int = Field(
+        default=0, ge=0, description="Creates per API key per minute (0: off)."
+    )
+    api_keys: str | None = Field(default=None, description="Comma-separated API keys; unset: open API.")
+    api_keys_file: Path | None = Field(default=None, description="A file of API keys, one per line.")
+    cleanup_interval_s: float = Field(
+        default=60, gt=0, description="How often the API removes expired videos."
+    )
     dist_timeout_s: float = Field(
         default=600,
         gt=0,
@@ -61,7 +78,9 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto, cpu, cuda or npu.")
     dtype: str = Field(default="auto", description="auto, float32, bfloat16 or float16.")
 
-    @field_validator("redis_url", "model", "model_name", "storage_dir", mode="before")
+    @field_validator(
+        "redis_url", "model", "model_name", "storage_dir", "api_keys", "api_keys_file", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Compose and Kubernetes pass unset variables as empty strings.

@@ -12,7 +12,11 @@ POLL_AFTER_MS = {VideoStatus.QUEUED: 1000, VideoStatus.IN_PROGRESS: 500}
 
 
 def video_object(
-    record: Record, status: VideoStatus, error: dict[str, Any] | None, queue_position: int | None
+    record: Record,
+    status: VideoStatus,
+    error: dict[str, Any] | None,
+    queue_position: int | None,
+    result_ttl_s: int | None = None,
 ) -> dict[str, Any]:
     params = GenerationParams.from_json(record["params"])
     progress = 100 if status == VideoStatus.COMPLETED else int(record.get("progress", 0))
@@ -27,7 +31,7 @@ def video_object(
         "created_at": int(record["created_at"]),
         "started_at": _int_or_none(record.get("started_at")),
         "completed_at": _int_or_none(record.get("completed_at")),
-        "expires_at": None,
+        "expires_at": _expires_at(record, status, result_ttl_s),
         "error": error,
         "prompt": params.prompt,
         "negative_prompt": params.negative_prompt,
@@ -47,6 +51,14 @@ def video_object(
         "parallel": record.get("parallel"),
         "remixed_from_video_id": None,
     }
+
+
+def _expires_at(record: Record, status: VideoStatus, result_ttl_s: int | None) -> int | None:
+    """When the expiry cleaner removes an ended video."""
+    ended = record.get("completed_at")
+    if result_ttl_s is None or ended is None or not status.is_terminal:
+        return None
+    return int(ended + result_ttl_s)
 
 
 def _int_or_none(value: Any) -> int | None:
