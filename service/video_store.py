@@ -18,7 +18,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from service import jobs
-from service.errors import VideoNotFound
+from service.auth import PUBLIC_OWNER
+from service.errors import VideoNotFound, VideoNotReady
 from service.jobs import Stage, VideoStatus
 from service.schemas import GenerationParams
 
@@ -39,12 +40,23 @@ class VideoStore:
     # -- API side -----------------------------------------------------------------------------
 
     def create(
-        self, params: GenerationParams, *, model: str, job_timeout_s: int, result_ttl_s: int, retries: int
+        self,
+        params: GenerationParams,
+        *,
+        model: str,
+        owner: str,
+        job_timeout_s: int,
+        result_ttl_s: int,
+        retries: int,
+        video_id: str | None = None,
+        webhook_url: str | None = None,
     ) -> Record:
-        video_id = new_video_id()
+        """Write the record and enqueue its job in one transaction: never one without the other."""
+        video_id = video_id or new_video_id()
         now = time.time()
         record: Record = {
             "id": video_id,
+            "owner": owner,
             "status": VideoStatus.QUEUED.value,
             "stage": Stage.QUEUED.value,
             "progress": 0,
@@ -52,11 +64,14 @@ class VideoStore:
             "params": params.to_json(),
             "created_at": now,
             "timings": {},
+            "webhook_url": webhook_url,
         }
+        score = int(now * 1_000_000)
         with self.redis.pipeline() as pipe:
             pipe.multi()  # RQ switches the pipeline to MULTI itself; it must happen before our commands
             pipe.hset(jobs.video_key(video_id), mapping=_encode(record))
-            pipe.zadd(jobs.VIDEOS_INDEX_KEY, {video_id: int(now * 1_000_000)})
+            pipe.zadd(jobs.VIDEOS_INDEX_KEY, {video_id: score})
+            pipe.zadd(jobs.owner_index_key(owner), {video_id: score})
             self.queue.enqueue_call(
                 jobs.GENERATE_FUNCTION,
                 args=(video_id,),
@@ -71,35 +86,94 @@ class VideoStore:
             pipe.execute()
         return record
 
-    def get(self, video_id: str) -> Record:
+    def get(self, video_id: str, owner: str | None = None) -> Record:
+        """The record; another owner's video is as unknown as one that does not exist."""
         if not jobs.is_valid_video_id(video_id):
             raise VideoNotFound(video_id)
         raw = self.redis.hgetall(jobs.video_key(video_id))
         if not raw:
             raise VideoNotFound(video_id)
-        return _decode(raw)
+        record = _decode(raw)
+        if owner is not None and record.get("owner", PUBLIC_OWNER) != owner:
+            raise VideoNotFound(video_id)
+        return record
 
-    def list_ids(self, *, after: str | None, limit: int, order: str) -> tuple[list[str], bool]:
-        """A page of ids, newest first for ``order="desc"``; returns (ids, has_more)."""
+    def list_ids(self, *, owner: str, after: str | None, limit: int, order: str) -> tuple[list[str], bool]:
+        """A page of the owner's ids, newest first for ``order="desc"``; returns (ids, has_more)."""
+        index = jobs.owner_index_key(owner)
         descending = order == "desc"
         start = 0
         if after is not None:
-            rank = (
-                self.redis.zrevrank(jobs.VIDEOS_INDEX_KEY, after)
-                if descending
-                else self.redis.zrank(jobs.VIDEOS_INDEX_KEY, after)
-            )
+            rank = self.redis.zrevrank(index, after) if descending else self.redis.zrank(index, after)
             if rank is None:
                 raise VideoNotFound(after)
             start = cast(int, rank) + 1
         fetch = self.redis.zrevrange if descending else self.redis.zrange
-        page = cast(list[bytes], fetch(jobs.VIDEOS_INDEX_KEY, start, start + limit))
+        page = cast(list[bytes], fetch(index, start, start + limit))
         ids = [video_id.decode() for video_id in page]
         return ids[:limit], len(ids) > limit
 
-    def delete(self, video_id: str) -> Record:
+    def cancel(self, video_id: str, owner: str | None = None) -> Record:
+        """Cancel a queued job at once; tell a running one to stop at its next denoising step.
+
+        Raises:
+            VideoNotReady: the video has already ended (completed, failed or cancelled).
+        """
+        record = self.get(video_id, owner)
+        status, _ = self.public_status(record)
+        if status.is_terminal:
+            raise VideoNotReady(
+                f"Video '{video_id}' is already {status.value}; only queued or running videos can be "
+                "cancelled.",
+                param="video_id",
+                code="video_not_cancellable",
+            )
+        self.redis.set(jobs.cancel_key(video_id), "cancel", ex=24 * 3600)
+        if self._cancel_queued_job(video_id):
+            self.update(
+                video_id,
+                status=VideoStatus.CANCELLED.value,
+                completed_at=time.time(),
+                error={"code": "cancelled", "message": "Cancelled before it started."},
+            )
+        return self.get(video_id)
+
+    def delete(self, video_id: str, owner: str | None = None) -> Record:
         """Remove the record; a queued job is cancelled, a running one is told to stop at its next step."""
-        record = self.get(video_id)
+        record = self.get(video_id, owner)
+        self._cancel_queued_job(video_id)
+        with self.redis.pipeline() as pipe:
+            if not VideoStatus(record["status"]).is_terminal:
+                pipe.set(jobs.cancel_key(video_id), "deleted", ex=24 * 3600)
+            pipe.delete(jobs.video_key(video_id))
+            pipe.zrem(jobs.VIDEOS_INDEX_KEY, video_id)
+            pipe.zrem(jobs.owner_index_key(record.get("owner", PUBLIC_OWNER)), video_id)
+            pipe.execute()
+        return record
+
+    def expired_ids(self, ttl_s: float, now: float | None = None, batch: int = 500) -> list[str]:
+        """Videos that ended more than ``ttl_s`` ago (only those created that long ago can have)."""
+        now = time.time() if now is None else now
+        candidates = cast(
+            list[bytes],
+            self.redis.zrangebyscore(
+                jobs.VIDEOS_INDEX_KEY, 0, int((now - ttl_s) * 1_000_000), start=0, num=batch
+            ),
+        )
+        expired = []
+        for raw_id in candidates:
+            video_id = raw_id.decode()
+            try:
+                record = self.get(video_id)
+            except VideoNotFound:
+                self.redis.zrem(jobs.VIDEOS_INDEX_KEY, video_id)
+                continue
+            ended = record.get("completed_at")
+            if VideoStatus(record["status"]).is_terminal and ended is not None and ended + ttl_s <= now:
+                expired.append(video_id)
+        return expired
+
+    def _cancel_queued_job(self, video_id: str) -> bool:
         job = self._job(video_id)
         if job is not None and job.get_status() in (
             JobStatus.QUEUED,
@@ -107,13 +181,8 @@ class VideoStore:
             JobStatus.SCHEDULED,
         ):
             job.cancel()
-        with self.redis.pipeline() as pipe:
-            if not VideoStatus(record["status"]).is_terminal:
-                pipe.set(jobs.cancel_key(video_id), "deleted", ex=24 * 3600)
-            pipe.delete(jobs.video_key(video_id))
-            pipe.zrem(jobs.VIDEOS_INDEX_KEY, video_id)
-            pipe.execute()
-        return record
+            return True
+        return False
 
     def public_status(self, record: Record) -> tuple[VideoStatus, Record | None]:
         """The status to show, looking at RQ when the record alone cannot tell (a worker died mid-job)."""

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from service.cleaner import run_cleaner
 from service.http import error_handlers
+from service.http.body_limit import BodyLimitMiddleware
 from service.http.context import AppContext, Context
 from service.http.routes_videos import router as videos_router
 from service.settings import Settings, get_settings
@@ -19,12 +24,29 @@ log = logging.getLogger("wanserve.api")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    context = AppContext.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        cleaner = threading.Thread(
+            target=run_cleaner,
+            args=(context.store, context.storage, settings.result_ttl_s, settings.cleanup_interval_s, stop),
+            name="expiry-cleaner",
+            daemon=True,
+        )
+        cleaner.start()
+        yield
+        stop.set()
+
     app = FastAPI(
         title="wanserve",
         version="0.1.0",
         summary="Text-to-video generation with Wan2.1, OpenAI Videos API compatible.",
+        lifespan=lifespan,
     )
-    app.state.context = AppContext.from_settings(settings)
+    app.state.context = context
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     error_handlers.install(app)
     app.include_router(videos_router)
 

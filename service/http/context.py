@@ -10,6 +10,8 @@ from fastapi import Depends, Request
 from redis import Redis
 
 from service import jobs
+from service.admission import IdempotencyKeys
+from service.auth import ApiKeys
 from service.errors import BackendUnavailable
 from service.model_profile import ModelProfile, resolve_profile
 from service.settings import Settings
@@ -25,6 +27,8 @@ class AppContext:
     redis: Redis
     store: VideoStore
     storage: LocalStorage
+    api_keys: ApiKeys
+    idempotency: IdempotencyKeys
     _profile: ModelProfile | None = field(default=None)
 
     @classmethod
@@ -39,6 +43,8 @@ class AppContext:
             redis=redis,
             store=VideoStore(redis, settings.queue),
             storage=LocalStorage(settings.videos_dir),
+            api_keys=ApiKeys.load(settings.api_keys, settings.api_keys_file),
+            idempotency=IdempotencyKeys(redis),
         )
 
     def profile(self) -> ModelProfile:
@@ -59,3 +65,11 @@ def get_context(request: Request) -> AppContext:
 
 
 Context = Annotated[AppContext, Depends(get_context)]
+
+
+def get_owner(request: Request, context: Context) -> str:
+    """Who is asking: the API key's owner id (401 without a valid key when keys are configured)."""
+    return context.api_keys.owner(request.headers.get("authorization"))
+
+
+Owner = Annotated[str, Depends(get_owner)]

@@ -12,10 +12,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import errors
+from service.admission import IdempotencyConflict, TooManyRequests
+from service.auth import Unauthorized
 
 log = logging.getLogger("wanserve.api")
 
 _STATUS = {
+    Unauthorized: 401,
+    TooManyRequests: 429,
+    IdempotencyConflict: 409,
     errors.InvalidRequest: 400,
     errors.VideoNotFound: 404,
     errors.VideoNotReady: 409,
@@ -32,7 +37,14 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(errors.WanserveError)
     async def _domain(_: Request, exc: errors.WanserveError) -> JSONResponse:
         status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-        return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=status)
+        headers = {}
+        if isinstance(exc, TooManyRequests):
+            headers["Retry-After"] = str(exc.retry_after_s)
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(
+            error_body(exc.message, exc.type, exc.param, exc.code), status_code=status, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from service.admission import IdempotencyConflict, check_queue_length, check_rate
 from service.errors import InvalidRequest, VideoNotFound, VideoNotReady
-from service.http.context import AppContext, Context
+from service.http.context import AppContext, Context, Owner
 from service.jobs import VideoStatus
-from service.schemas import CreateVideoRequest, parse_create_request, resolve_params
+from service.schemas import CreateVideoRequest, GenerationParams, parse_create_request, resolve_params
 from service.storage import VARIANT_FILES
-from service.video_store import Record
+from service.video_store import Record, new_video_id
 from service.views import POLL_AFTER_MS, video_object
 
 router = APIRouter(prefix="/v1")
@@ -33,41 +35,99 @@ _CREATE_BODY: dict[str, Any] = {
 }
 
 
-@router.post("/videos", openapi_extra=_CREATE_BODY, summary="Create a video")
-async def create_video(request: Request, context: Context, response: Response) -> dict[str, Any]:
+@router.post(
+    "/videos",
+    openapi_extra=_CREATE_BODY,
+    summary="Create a video",
+    responses={401: {}, 409: {}, 413: {}, 429: {}},
+)
+async def create_video(
+    request: Request,
+    context: Context,
+    owner: Owner,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> dict[str, Any]:
     body = await _read_body(request)
     create = parse_create_request(body)
     profile = await run_in_threadpool(context.profile)
+    settings = context.settings
     params = resolve_params(
         create,
         profile,
-        max_prompt_chars=context.settings.max_prompt_chars,
-        max_steps=context.settings.max_steps,
+        max_prompt_chars=settings.max_prompt_chars,
+        max_steps=settings.max_steps,
+        max_work=settings.max_work,
     )
-    record = await run_in_threadpool(
-        context.store.create,
-        params,
-        model=profile.name,
-        job_timeout_s=context.settings.job_timeout_s,
-        result_ttl_s=context.settings.result_ttl_s,
-        retries=context.settings.job_retries,
-    )
+    record = await run_in_threadpool(_admit_and_create, context, owner, params, profile.name, create, body,
+                                     idempotency_key)  # fmt: skip
     response.headers["openai-poll-after-ms"] = str(POLL_AFTER_MS[VideoStatus.QUEUED])
-    return video_object(record, VideoStatus.QUEUED, None, None)
+    return _view(context, record)
+
+
+def _admit_and_create(
+    context: AppContext,
+    owner: str,
+    params: GenerationParams,
+    model: str,
+    create: CreateVideoRequest,
+    body: dict[str, Any],
+    idempotency_key: str | None,
+) -> Record:
+    video_id = new_video_id()
+    if idempotency_key:
+        earlier = context.idempotency.claim(owner, idempotency_key, body, video_id)
+        if earlier is not None:
+            return _await_record(context, earlier, owner)
+    settings = context.settings
+    try:
+        check_rate(context.redis, owner, settings.rate_limit_per_minute)
+        check_queue_length(context.store.queue.count, settings.max_queue_length)
+        return context.store.create(
+            params,
+            model=model,
+            owner=owner,
+            job_timeout_s=settings.job_timeout_s,
+            result_ttl_s=settings.result_ttl_s,
+            retries=settings.job_retries,
+            video_id=video_id,
+            webhook_url=create.webhook_url,
+        )
+    except BaseException:
+        if idempotency_key:  # nothing was created: a retry with this key may try again
+            context.idempotency.release(owner, idempotency_key)
+        raise
+
+
+def _await_record(context: AppContext, video_id: str, owner: str, wait_s: float = 2.0) -> Record:
+    """The video an earlier request with the same Idempotency-Key created (it may still be writing it)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return context.store.get(video_id, owner)
+        except VideoNotFound:
+            if time.monotonic() > deadline:
+                raise IdempotencyConflict(
+                    "A request with this Idempotency-Key is still being processed; retry shortly.",
+                    param="Idempotency-Key",
+                    code="idempotency_key_in_progress",
+                ) from None
+            time.sleep(0.05)
 
 
 @router.get("/videos", summary="List videos")
 def list_videos(
     context: Context,
+    owner: Owner,
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    ids, has_more = context.store.list_ids(after=after, limit=limit, order=order)
+    ids, has_more = context.store.list_ids(owner=owner, after=after, limit=limit, order=order)
     data = []
     for video_id in ids:
         try:
-            data.append(_view(context, context.store.get(video_id)))
+            data.append(_view(context, context.store.get(video_id, owner)))
         except VideoNotFound:
             continue  # deleted between the index read and the record read
     return {
@@ -80,17 +140,22 @@ def list_videos(
 
 
 @router.get("/videos/{video_id}", summary="Retrieve a video")
-def retrieve_video(video_id: str, context: Context, response: Response) -> dict[str, Any]:
-    view = _view(context, context.store.get(video_id))
+def retrieve_video(video_id: str, context: Context, owner: Owner, response: Response) -> dict[str, Any]:
+    view = _view(context, context.store.get(video_id, owner))
     poll_after = POLL_AFTER_MS.get(VideoStatus(view["status"]))
     if poll_after is not None:
         response.headers["openai-poll-after-ms"] = str(poll_after)
     return view
 
 
+@router.post("/videos/{video_id}/cancel", summary="Cancel a queued or running video")
+def cancel_video(video_id: str, context: Context, owner: Owner) -> dict[str, Any]:
+    return _view(context, context.store.cancel(video_id, owner))
+
+
 @router.delete("/videos/{video_id}", summary="Delete a video (cancels it if queued or running)")
-def delete_video(video_id: str, context: Context) -> dict[str, Any]:
-    context.store.delete(video_id)
+def delete_video(video_id: str, context: Context, owner: Owner) -> dict[str, Any]:
+    context.store.delete(video_id, owner)
     context.storage.delete(video_id)
     return {"id": video_id, "object": "video.deleted", "deleted": True}
 
@@ -104,9 +169,10 @@ def download_content(
     video_id: str,
     request: Request,
     context: Context,
+    owner: Owner,
     variant: Literal["video", "thumbnail", "spritesheet"] = "video",
 ) -> Response:
-    record = context.store.get(video_id)
+    record = context.store.get(video_id, owner)
     status, _ = context.store.public_status(record)
     if status != VideoStatus.COMPLETED:
         raise VideoNotReady(
@@ -135,7 +201,7 @@ def download_content(
 def _view(context: AppContext, record: Record) -> dict[str, Any]:
     status, error = context.store.public_status(record)
     position = context.store.queue_position(record["id"]) if status == VideoStatus.QUEUED else None
-    return video_object(record, status, error, position)
+    return video_object(record, status, error, position, context.settings.result_ttl_s)
 
 
 async def _read_body(request: Request) -> dict[str, Any]:
