@@ -23,7 +23,7 @@ from redis import Redis
 from service.schemas import GenerationParams
 from service.settings import Settings
 from worker.engine import GenerationResult, StageCallback, StepCallback, StopCheck, WanEngine
-from worker.main import load_engine, make_worker
+from worker.main import load_engine, serve
 from worker.parallel import ParallelLayout, ParallelRuntime, init_parallel, shutdown_parallel
 
 log = logging.getLogger("wanserve.worker")
@@ -189,13 +189,17 @@ def main(argv: list[str] | None = None) -> None:
 def _lead(settings: Settings, runtime: ParallelRuntime, engine: WanEngine) -> int:
     assert settings.redis_url
     leader = GroupLeader(runtime, engine, settings.keepalive_interval_s)
-    name = os.environ.get("WANSERVE_WORKER_NAME")  # the launcher names each incarnation of the group
-    worker = make_worker(settings, leader, Redis.from_url(settings.redis_url), name=name)
-    worker.stop_when = lambda: leader.in_doubt
     leader.start()
-    log.info("group leader %s ready: %s", worker.name, engine.layout)
+    log.info("group leader ready: %s", engine.layout)
     try:
-        worker.work(with_scheduler=False)
+        # The launcher names each incarnation of the group, and finds its leader by that name.
+        serve(
+            settings,
+            leader,
+            Redis.from_url(settings.redis_url),
+            name=os.environ.get("WANSERVE_WORKER_NAME"),
+            stop_when=lambda: leader.in_doubt,
+        )
     finally:
         if not leader.in_doubt:
             leader.stop()

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 
 from redis import Redis
+from redis.exceptions import RedisError
+from rq import Worker
 from rq.command import send_shutdown_command
 
 from service.model_profile import profile_for_folder
@@ -99,11 +101,17 @@ class GroupLauncher:
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.group is None:
             return
-        if self.stopping or not self.redis.exists(f"rq:worker:{self.leader_name}"):
+        # Rank 0 registers as leader_name, or leader_name-cN after reconnecting to Redis.
+        try:
+            leaders = [w.name for w in Worker.all(connection=self.redis) if w.name.startswith(self.leader_name)]
+        except RedisError:
+            leaders = []  # cannot ask rank 0 to finish its job: stop now
+        if self.stopping or not leaders:
             log.warning("stopping worker group %s now", self.leader_name)
             self.stopping = True
             self.group.send_signal(signal.SIGTERM)
             return
         self.stopping = True
         log.info("worker group %s stops after its running job (signal again to stop now)", self.leader_name)
-        send_shutdown_command(self.redis, self.leader_name)
+        for leader in leaders:
+            send_shutdown_command(self.redis, leader)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from service import jobs
 from service.settings import Settings
@@ -61,11 +65,52 @@ def make_worker(settings: Settings, engine: Engine, redis: Redis, name: str | No
     return worker
 
 
+def serve(
+    settings: Settings,
+    engine: Engine,
+    redis: Redis,
+    *,
+    name: str | None = None,
+    burst: bool = False,
+    stop_when: Callable[[], bool] | None = None,
+) -> None:
+    """Take jobs until asked to stop (a signal, ``burst`` done, or ``stop_when``), riding out Redis outages.
+
+    RQ's work loop ends on a lost Redis connection; the worker then waits for Redis and registers again
+    under a fresh name (its old registration may linger in a Redis that kept its data).
+    """
+    base = name or unique_worker_name()
+    level = logging.getLevelName(log.getEffectiveLevel())
+    for incarnation in itertools.count():
+        try:
+            worker = make_worker(
+                settings, engine, redis, name=base if incarnation == 0 else f"{base}-c{incarnation}"
+            )
+            if stop_when is not None:
+                worker.stop_when = stop_when
+            log.info("worker %s ready: model %s, queue %s", worker.name, engine.profile.name, settings.queue)
+            worker.work(burst=burst, logging_level=level, with_scheduler=False)
+            if burst or worker._stop_requested or worker._shutdown_requested_date is not None:
+                return
+        except RedisError as exc:
+            log.warning("Redis unavailable: %s", exc)
+        _wait_for_redis(redis)
+
+
+def _wait_for_redis(redis: Redis, max_delay_s: float = 10.0) -> None:
+    delay = 0.5
+    while True:
+        try:
+            redis.ping()
+            return
+        except RedisError:
+            log.warning("waiting for Redis (next try in %.1f s)", delay)
+            time.sleep(delay)
+            delay = min(2 * delay, max_delay_s)
+
+
 def run_worker(settings: Settings, *, burst: bool = False) -> None:
     if not settings.redis_url:
         raise SystemExit("WANSERVE_REDIS_URL is not set (use `wanserve dev` for an embedded Redis)")
     engine = load_engine(settings)
-    worker = make_worker(settings, engine, Redis.from_url(settings.redis_url))
-    log.info("worker %s ready: model %s, queue %s", worker.name, engine.profile.name, settings.queue)
-    level = logging.getLevelName(log.getEffectiveLevel())
-    worker.work(burst=burst, logging_level=level, with_scheduler=False)
+    serve(settings, engine, Redis.from_url(settings.redis_url), burst=burst)
