@@ -131,6 +131,22 @@ def test_a_cancel_stops_a_running_job_at_a_step_boundary(client, settings, engin
     assert not redis.exists(jobs.cancel_key(video_id))
 
 
+def test_the_cancel_endpoint_stops_a_running_video(client, settings, engine, redis) -> None:
+    video_id = submit(client, num_inference_steps=8)
+    responses = []
+    store = RecordingStore(
+        redis,
+        settings.queue,
+        at_progress=denoise_progress(2, 8),
+        action=lambda v: responses.append(client.post(f"/v1/videos/{v}/cancel")),
+    )
+    VideoJob(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
+    assert responses[0].status_code == 200
+    assert responses[0].json()["status"] == "in_progress", "a running video stops at its next step"
+    video = client.get(f"/v1/videos/{video_id}").json()
+    assert (video["status"], video["progress"]) == ("cancelled", denoise_progress(2, 8))
+
+
 def test_deleting_a_running_video_stops_it_and_leaves_nothing(client, settings, engine, redis) -> None:
     video_id = submit(client, num_inference_steps=8)
     store = RecordingStore(
