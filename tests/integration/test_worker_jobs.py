@@ -133,6 +133,9 @@ def test_a_cancel_stops_a_running_job_at_a_step_boundary(client, settings, engin
 
 def test_the_cancel_endpoint_stops_a_running_video(client, settings, engine, redis) -> None:
     video_id = submit(client, num_inference_steps=8)
+    job = Job.fetch(video_id, connection=redis, serializer=jobs.SERIALIZER)
+    VideoStore(redis, settings.queue).queue.remove(job)  # as a worker does when it takes the job
+    job.set_status(JobStatus.STARTED)
     responses = []
     store = RecordingStore(
         redis,
