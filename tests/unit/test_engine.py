@@ -7,18 +7,7 @@ import torch
 from service.errors import GenerationCancelled
 from service.jobs import Stage
 from service.schemas import GenerationParams
-
-PARAMS = GenerationParams(
-    prompt="a red fox in the snow",
-    negative_prompt="blurry",
-    width=64,
-    height=64,
-    num_frames=17,
-    fps=16,
-    num_inference_steps=4,
-    guidance_scale=5.0,
-    seed=1234,
-)
+from tests.distributed.params import PARAMS
 
 
 def test_our_loop_matches_the_diffusers_pipeline(engine) -> None:
