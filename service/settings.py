@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     )
     api_keys: str | None = Field(default=None, description="Comma-separated API keys; unset: open API.")
     api_keys_file: Path | None = Field(default=None, description="A file of API keys, one per line.")
+    webhook_secret: str | None = Field(
+        default=None, description="Signs webhooks (Standard Webhooks; whsec_<base64> or any string)."
+    )
+    webhook_url: str | None = Field(default=None, description="Webhook for videos that name none.")
     cleanup_interval_s: float = Field(
         default=60, gt=0, description="How often the API removes expired videos."
     )
@@ -79,7 +83,15 @@ class Settings(BaseSettings):
     dtype: str = Field(default="auto", description="auto, float32, bfloat16 or float16.")
 
     @field_validator(
-        "redis_url", "model", "model_name", "storage_dir", "api_keys", "api_keys_file", mode="before"
+        "redis_url",
+        "model",
+        "model_name",
+        "storage_dir",
+        "api_keys",
+        "api_keys_file",
+        "webhook_secret",
+        "webhook_url",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -14,6 +14,7 @@ from rq.timeouts import JobTimeoutException
 
 from service.errors import GenerationCancelled, VideoNotFound
 from service.jobs import Stage, VideoStatus
+from service.notifications import notify_ended
 from service.schemas import GenerationParams
 from service.storage import LocalStorage, sha256_of
 from service.video_store import VideoStore
@@ -107,6 +108,7 @@ class VideoJob:
                 error=_error(exc),
                 timings=timings,
             )
+            self._notify(video_id)
             return {"status": "failed"}
 
         self._stage(video_id, Stage.STORE)
@@ -130,8 +132,16 @@ class VideoJob:
             log.info("%s was deleted while it ran; removing its files", video_id)
             self.storage.delete(video_id)
             return {"status": "deleted"}
+        self._notify(video_id)
         log.info("%s completed in %.2f s %s", video_id, finished - started, timings)
         return {"status": "completed", "timings": timings}
+
+    def _notify(self, video_id: str) -> None:
+        try:
+            record = self.store.get(video_id)
+        except VideoNotFound:  # deleted meanwhile: nobody to tell
+            return
+        notify_ended(self.store.redis, record)
 
     def _progress(self, video_id: str, progress: int) -> None:
         self.store.update(video_id, progress=progress)
@@ -157,6 +167,7 @@ class VideoJob:
             error={"code": "cancelled", "message": message},
         )
         self.store.clear_cancel(video_id)
+        self._notify(video_id)
         return {"status": "cancelled"}
 
 

@@ -18,6 +18,7 @@ from service.http.body_limit import BodyLimitMiddleware
 from service.http.context import AppContext, Context
 from service.http.routes_videos import router as videos_router
 from service.settings import Settings, get_settings
+from service.webhooks import WebhookSender
 
 log = logging.getLogger("wanserve.api")
 
@@ -36,6 +37,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             daemon=True,
         )
         cleaner.start()
+        if settings.webhook_secret:
+            sender = WebhookSender(context.redis, settings.webhook_secret)
+            threading.Thread(
+                target=sender.run_forever, args=(stop,), name="webhook-sender", daemon=True
+            ).start()
         yield
         stop.set()
 

@@ -15,10 +15,13 @@ from service.admission import IdempotencyConflict, check_queue_length, check_rat
 from service.errors import InvalidRequest, VideoNotFound, VideoNotReady
 from service.http.context import AppContext, Context, Owner
 from service.jobs import VideoStatus
+from service.notifications import notify_ended
 from service.schemas import CreateVideoRequest, GenerationParams, parse_create_request, resolve_params
+from service.settings import Settings
 from service.storage import VARIANT_FILES
 from service.video_store import Record, new_video_id
 from service.views import POLL_AFTER_MS, video_object
+from service.webhooks import validate_webhook_url
 
 router = APIRouter(prefix="/v1")
 
@@ -91,12 +94,25 @@ def _admit_and_create(
             result_ttl_s=settings.result_ttl_s,
             retries=settings.job_retries,
             video_id=video_id,
-            webhook_url=create.webhook_url,
+            webhook_url=_webhook_url(create, settings),
         )
     except BaseException:
         if idempotency_key:  # nothing was created: a retry with this key may try again
             context.idempotency.release(owner, idempotency_key)
         raise
+
+
+def _webhook_url(create: CreateVideoRequest, settings: Settings) -> str | None:
+    url = create.webhook_url or settings.webhook_url
+    if url is None:
+        return None
+    if not settings.webhook_secret:
+        raise InvalidRequest(
+            "Webhooks are off on this server (no WANSERVE_WEBHOOK_SECRET); leave out webhook_url.",
+            param="webhook_url",
+            code="webhooks_disabled",
+        )
+    return validate_webhook_url(url)
 
 
 def _await_record(context: AppContext, video_id: str, owner: str, wait_s: float = 2.0) -> Record:
@@ -150,7 +166,10 @@ def retrieve_video(video_id: str, context: Context, owner: Owner, response: Resp
 
 @router.post("/videos/{video_id}/cancel", summary="Cancel a queued or running video")
 def cancel_video(video_id: str, context: Context, owner: Owner) -> dict[str, Any]:
-    return _view(context, context.store.cancel(video_id, owner))
+    record = context.store.cancel(video_id, owner)
+    if record["status"] == VideoStatus.CANCELLED:  # a queued video: it ended here, not in a worker
+        notify_ended(context.redis, record, context.settings.result_ttl_s)
+    return _view(context, record)
 
 
 @router.delete("/videos/{video_id}", summary="Delete a video (cancels it if queued or running)")
