@@ -103,7 +103,9 @@ class GroupLauncher:
             return
         # Rank 0 registers as leader_name, or leader_name-cN after reconnecting to Redis.
         try:
-            leaders = [w.name for w in Worker.all(connection=self.redis) if w.name.startswith(self.leader_name)]
+            leaders = [
+                w.name for w in Worker.all(connection=self.redis) if w.name.startswith(self.leader_name)
+            ]
         except RedisError:
             leaders = []  # cannot ask rank 0 to finish its job: stop now
         if self.stopping or not leaders:

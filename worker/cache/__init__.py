@@ -1,5 +1,18 @@
-"""Feature caches for the Wan transformer."""
+"""Feature caches for the Wan transformer: DiTCache (static schedule) and an adaptive cache, installed
+once (:func:`install_block_cache`) and switched per request (:func:`set_block_cache`)."""
 
+from worker.cache.adaptive import AdaptiveCacheConfig, relative_change
+from worker.cache.blockcache import (
+    CacheConfig,
+    block_cache_stats,
+    block_cache_trace,
+    check_block_cache_config,
+    has_block_cache,
+    install_block_cache,
+    remove_block_cache,
+    reset_block_cache,
+    set_block_cache,
+)
 from worker.cache.ditcache import (
     DITCACHE_PRESETS,
     DiTCacheConfig,
@@ -12,10 +25,21 @@ from worker.cache.ditcache import (
 
 __all__ = [
     "DITCACHE_PRESETS",
+    "AdaptiveCacheConfig",
+    "CacheConfig",
     "DiTCacheConfig",
     "apply_dit_cache",
+    "block_cache_stats",
+    "block_cache_trace",
+    "check_block_cache_config",
     "dit_cache_preset",
     "dit_cache_stats",
+    "has_block_cache",
+    "install_block_cache",
+    "relative_change",
+    "remove_block_cache",
     "remove_dit_cache",
+    "reset_block_cache",
     "reset_dit_cache",
+    "set_block_cache",
 ]

@@ -13,6 +13,9 @@ the same steps without communicating. Apply the cache *before* ``enable_parallel
 registration order, and the cache must sit inside the context-parallel hook on ``blocks.0`` so that it
 sees the rank's shard of the hidden states.
 
+The hooks are :mod:`worker.cache.blockcache`'s, which the engine installs once at load and switches per
+request (DiTCache, the adaptive cache, or off); :func:`apply_dit_cache` sets them to one schedule.
+
 Per-request state is dropped by :func:`reset_dit_cache` and by diffusers'
 ``transformer._reset_stateful_cache()`` (the hook is stateful); ``WanPipeline.__call__`` calls the
 latter at its end through ``maybe_free_model_hooks``, but not when a request raises mid-loop.
@@ -22,16 +25,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, cast
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.context_parallel import _CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE
-from diffusers.hooks.hooks import BaseState, StateManager
 
-_STEP_HOOK = "dit_cache_step_hook"
-_BLOCK_HOOK = "dit_cache_block_hook"
-_CP_INPUT_HOOK_PREFIX = _CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE.format("")
+from worker.cache.blockcache import (
+    block_cache_stats,
+    check_block_cache_config,
+    has_block_cache,
+    install_block_cache,
+    remove_block_cache,
+    reset_block_cache,
+    set_block_cache,
+)
 
 # MindIE SD's reference schedule for Wan2.1 at 50 steps / 30 blocks; presets scale it.
 _REF_STEPS = 50
@@ -156,122 +161,13 @@ def dit_cache_preset(name: str, num_steps: int, num_blocks: int) -> DiTCacheConf
     return DITCACHE_PRESETS[name](num_steps, num_blocks)
 
 
-class _BranchState(BaseState):
-    """One cache context's (branch's) progress through the schedule."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self, *args: Any, **kwargs: Any) -> None:
-        self.step = 0
-        self.skip = False
-        self.latent_shape: tuple[int, ...] | None = None
-        self.block_input: torch.Tensor | None = None
-        self.delta: torch.Tensor | None = None
-
-
-@dataclass
-class _Stats:
-    blocks_computed: int = 0
-    blocks_skipped: int = 0
-
-
-def _hidden_states(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-    assert isinstance(hidden_states, torch.Tensor)
-    return hidden_states
-
-
-def _call_wrapped(hook: ModelHook, *args: Any, **kwargs: Any) -> Any:
-    """Call the forward that ``hook.new_forward`` wraps (diffusers types it as ``None``)."""
-    return cast(Callable[..., Any], hook.fn_ref.original_forward)(*args, **kwargs)
-
-
-class _DiTCacheStepHook(ModelHook):
-    """On the transformer: decides per forward whether the branch's block range runs, then counts."""
-
-    # diffusers hands the cache context to, and resets, only StateManagers held by stateful hooks;
-    # the block hooks share this hook's manager, so this one flag serves all of them.
-    _is_stateful = True
-
-    def __init__(self, state_manager: StateManager, config: DiTCacheConfig, num_blocks: int) -> None:
-        super().__init__()
-        self.state_manager = state_manager
-        self.config = config
-        self.num_blocks = num_blocks
-        self.stats = _Stats()
-
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        state: _BranchState = self.state_manager.get_state()
-        shape = tuple(_hidden_states(args, kwargs).shape)
-        # Without a delta of the same shape (the first steps, or a request that changed resolution
-        # without a reset) a skip would be wrong or would silently broadcast, so compute instead.
-        skip = (
-            not self.config.is_compute_step(state.step)
-            and state.delta is not None
-            and state.latent_shape == shape
-        )
-        state.skip = skip
-        state.latent_shape = shape
-        output = _call_wrapped(self, *args, **kwargs)
-        state.skip = False
-        state.step += 1
-        skipped = self.config.num_cached_blocks if skip else 0
-        self.stats.blocks_skipped += skipped
-        self.stats.blocks_computed += self.num_blocks - skipped
-        return output
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager.reset()
-        return module
-
-
-class _DiTCacheBlockHook(ModelHook):
-    """On each block of the cached range: run and refresh the delta, or stand in for the range."""
-
-    def __init__(self, state_manager: StateManager, *, is_head: bool, is_tail: bool) -> None:
-        super().__init__()
-        self.state_manager = state_manager
-        self.is_head = is_head
-        self.is_tail = is_tail
-
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        state: _BranchState = self.state_manager.get_state()
-        hidden_states = _hidden_states(args, kwargs)
-        if state.skip:
-            if not self.is_head:
-                return hidden_states
-            assert state.delta is not None
-            return hidden_states + state.delta
-        if self.is_head:
-            state.block_input = hidden_states
-        output = _call_wrapped(self, *args, **kwargs)
-        if self.is_tail:
-            assert state.block_input is not None
-            state.delta = output - state.block_input
-            state.block_input = None
-        return output
-
-
-def _blocks(transformer: torch.nn.Module) -> torch.nn.ModuleList:
-    blocks = getattr(transformer, "blocks", None)
-    if not isinstance(blocks, torch.nn.ModuleList):
-        raise ValueError(f"{type(transformer).__name__} has no `blocks` ModuleList to cache")
-    return blocks
-
-
-def _step_hook(transformer: torch.nn.Module) -> _DiTCacheStepHook:
-    hook = HookRegistry.check_if_exists_or_initialize(transformer).get_hook(_STEP_HOOK)
-    if not isinstance(hook, _DiTCacheStepHook):
-        raise ValueError(f"DiTCache is not applied to this {type(transformer).__name__}")
-    return hook
-
-
 def apply_dit_cache(transformer: torch.nn.Module, config: DiTCacheConfig) -> None:
-    """Install DiTCache hooks on a Wan transformer.
+    """Install DiTCache hooks on a Wan transformer, with ``config`` as a fixed schedule.
 
     Call every forward inside ``transformer.cache_context(name)`` (``WanPipeline`` does, with
-    ``"cond"`` and ``"uncond"``); each name keeps its own step counter and delta.
+    ``"cond"`` and ``"uncond"``); each name keeps its own step counter and delta. This is the
+    :mod:`worker.cache.blockcache` machinery (which the engine installs once and switches per request)
+    set to one schedule for good.
 
     Args:
         transformer: A ``WanTransformer3DModel`` (anything with a ``blocks`` ModuleList of blocks
@@ -280,32 +176,14 @@ def apply_dit_cache(transformer: torch.nn.Module, config: DiTCacheConfig) -> Non
 
     Raises:
         ValueError: If ``config.block_end`` exceeds the number of blocks, DiTCache or a diffusers
-            cache is already enabled, or context parallelism already hooks ``blocks[block_start]``.
+            cache is already enabled, or context parallelism already hooks the blocks.
     """
-    blocks = _blocks(transformer)
-    if config.block_end > len(blocks):
-        raise ValueError(
-            f"block_end ({config.block_end}) must be <= the number of transformer blocks ({len(blocks)})"
-        )
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(_STEP_HOOK) is not None:
-        raise ValueError("DiTCache is already applied; call remove_dit_cache first")
-    if getattr(transformer, "is_cache_enabled", False):
-        raise ValueError("a diffusers cache is already enabled on this transformer; disable_cache() first")
-    head = blocks[config.block_start]
-    head_hooks = getattr(head, "_diffusers_hook", None)
-    if head_hooks is not None and any(n.startswith(_CP_INPUT_HOOK_PREFIX) for n in head_hooks.hooks):
-        raise ValueError("apply DiTCache before enable_parallelism: its hooks must wrap inside the split")
-
-    state_manager = StateManager(_BranchState)  # type: ignore[arg-type]  # diffusers annotates an instance
-    registry.register_hook(_DiTCacheStepHook(state_manager, config, len(blocks)), _STEP_HOOK)
-    for index in range(config.block_start, config.block_end):
-        hook = _DiTCacheBlockHook(
-            state_manager, is_head=index == config.block_start, is_tail=index == config.block_end - 1
-        )
-        HookRegistry.check_if_exists_or_initialize(blocks[index]).register_hook(hook, _BLOCK_HOOK)
-    # cache_context() walks a cached list of child registries; new block hooks make it stale.
-    registry.invalidate_child_registries_cache()
+    blocks = getattr(transformer, "blocks", None)
+    if not isinstance(blocks, torch.nn.ModuleList):
+        raise ValueError(f"{type(transformer).__name__} has no `blocks` ModuleList to cache")
+    check_block_cache_config(config, len(blocks))
+    install_block_cache(transformer)
+    set_block_cache(transformer, config)
 
 
 def remove_dit_cache(transformer: torch.nn.Module) -> None:
@@ -314,11 +192,8 @@ def remove_dit_cache(transformer: torch.nn.Module) -> None:
     Raises:
         ValueError: If DiTCache is not applied.
     """
-    _step_hook(transformer)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.remove_hook(_STEP_HOOK, recurse=False)
-    registry.remove_hook(_BLOCK_HOOK, recurse=True)
-    registry.invalidate_child_registries_cache()
+    _check_applied(transformer)
+    remove_block_cache(transformer)
 
 
 def reset_dit_cache(transformer: torch.nn.Module) -> None:
@@ -329,7 +204,8 @@ def reset_dit_cache(transformer: torch.nn.Module) -> None:
     Raises:
         ValueError: If DiTCache is not applied.
     """
-    _step_hook(transformer).reset_state(transformer)
+    _check_applied(transformer)
+    reset_block_cache(transformer)
 
 
 def dit_cache_stats(transformer: torch.nn.Module) -> dict[str, int]:
@@ -344,5 +220,11 @@ def dit_cache_stats(transformer: torch.nn.Module) -> dict[str, int]:
     Raises:
         ValueError: If DiTCache is not applied.
     """
-    stats = _step_hook(transformer).stats
-    return {"blocks_computed": stats.blocks_computed, "blocks_skipped": stats.blocks_skipped}
+    _check_applied(transformer)
+    stats = block_cache_stats(transformer)
+    return {"blocks_computed": stats["blocks_computed"], "blocks_skipped": stats["blocks_skipped"]}
+
+
+def _check_applied(transformer: torch.nn.Module) -> None:
+    if not has_block_cache(transformer):
+        raise ValueError(f"DiTCache is not applied to this {type(transformer).__name__}")
