@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from service.errors import GenerationCancelled
+from service.errors import GenerationCancelled, InvalidRequest
 from service.jobs import Stage
 from service.model_profile import ModelProfile, profile_for_folder
 from service.schemas import GenerationParams
@@ -59,6 +59,9 @@ class GenerationResult:
     """Decoded video, float32 in [0, 1], shape (frames, height, width, 3); None on follower ranks."""
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float | None = None
+    cache: dict[str, Any] | None = None
+    """The feature cache this request ran with (method, preset, resolved config) and its work: transformer
+    passes and blocks computed vs skipped, over every branch of the group (None before denoising)."""
 
 
 class WanEngine:
@@ -108,6 +111,7 @@ class WanEngine:
         if target.type == "npu":
             # Ascend's fused attention kernel (torch_npu.npu_fusion_attention) through diffusers.
             pipe.transformer.set_attention_backend("_native_npu")
+        _install_cache(pipe.transformer, parallel)  # before enable_parallelism: inside the split
         if parallel is not None and parallel.layout.ulysses > 1:
             enable_ulysses(pipe.transformer, parallel)
         engine = cls(pipe, target, torch_dtype, profile, parallel)
@@ -151,8 +155,12 @@ class WanEngine:
                 on every rank at the same step.
 
         Returns:
-            The decoded frames (None on followers) and the seconds spent in each stage.
+            The decoded frames (None on followers), the seconds spent in each stage, and the cache report.
+
+        Raises:
+            InvalidRequest: If ``params.cache`` does not fit the model (``block_end`` beyond its blocks).
         """
+        cache_config, cache_report = self._cache_for(params)
         timings: dict[str, float] = {}
         devices.reset_peak_memory(self.device)
         passes = self._passes(use_cfg=params.guidance_scale > 1.0)
@@ -168,14 +176,42 @@ class WanEngine:
 
         enter(Stage.DENOISE)
         with _timed(timings, "denoise_s"):
-            latents = self._denoise(params, embeds, on_step, should_stop)
+            latents, cache_counts = self._denoise(params, embeds, on_step, should_stop, cache_config)
+        cache_report.update(self._group_cache_counts(cache_counts, use_cfg=params.guidance_scale > 1.0))
 
         frames = None
         if self.parallel is None or self.parallel.is_leader:
             enter(Stage.VAE_DECODE)
             with _timed(timings, "vae_decode_s"):
                 frames = self._decode(latents)
-        return GenerationResult(frames, timings, devices.peak_memory_mb(self.device))
+        return GenerationResult(frames, timings, devices.peak_memory_mb(self.device), cache_report)
+
+    def _cache_for(self, params: GenerationParams) -> tuple[Any, dict[str, Any]]:
+        """The request's cache config sized to this transformer, and its description."""
+        from worker.cache.spec import cache_from_spec
+
+        try:
+            return cache_from_spec(
+                params.cache,
+                num_steps=params.num_inference_steps,
+                num_blocks=len(self.pipe.transformer.blocks),
+            )
+        except ValueError as exc:
+            raise InvalidRequest(f"Invalid 'cache' for {self.profile.name}: {exc}.", param="cache") from None
+
+    def _group_cache_counts(self, counts: dict[str, int], *, use_cfg: bool) -> dict[str, int]:
+        """This request's cache counts over the group: Ulysses ranks share passes (counted once, and
+        they must agree), CFG halves run different branches (summed)."""
+        if self.parallel is None or self.parallel.layout.ranks == 1:
+            return counts
+        layout = self.parallel.layout
+        reports = self.parallel.gather(counts)
+        halves = [reports[c * layout.ulysses : (c + 1) * layout.ulysses] for c in range(layout.cfg)]
+        if any(report != half[0] for half in halves for report in half):
+            log.error("cache decisions differ between the ranks of a Ulysses group: %s", reports)
+        if not use_cfg or layout.cfg == 1:
+            return halves[0][0]  # without guidance both CFG halves run the same conditional pass
+        return {key: sum(half[0][key] for half in halves) for key in counts}
 
     def _passes(self, *, use_cfg: bool) -> tuple[str, ...]:
         """The transformer passes this rank runs each step: "cond", and "uncond" for guidance.
@@ -204,7 +240,10 @@ class WanEngine:
         embeds: dict[str, torch.Tensor],
         on_step: StepCallback | None,
         should_stop: StopCheck | None,
-    ) -> torch.Tensor:
+        cache_config: Any = None,
+    ) -> tuple[torch.Tensor, dict[str, int]]:
+        from worker.cache import block_cache_stats, has_block_cache, set_block_cache
+
         pipe, transformer, scheduler = self.pipe, self.pipe.transformer, self.pipe.scheduler
         use_cfg = params.guidance_scale > 1.0
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
@@ -221,6 +260,9 @@ class WanEngine:
             generator,
         )
         timesteps = scheduler.timesteps
+        if not has_block_cache(transformer):  # an engine built around a pipeline rather than loaded
+            _install_cache(transformer, self.parallel)
+        set_block_cache(transformer, cache_config, num_steps=len(timesteps))
         try:
             for i, t in enumerate(timesteps):
                 if self._stop_requested(should_stop):
@@ -247,11 +289,14 @@ class WanEngine:
                 latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if on_step is not None:
                     on_step(i + 1, len(timesteps))
+            counts = block_cache_stats(transformer)
         finally:
-            # Stateful hooks (feature caches) must not leak one request's state into the next.
+            # Stateful hooks (feature caches) must not leak one request's state into the next, and the
+            # transformer is left uncached for anyone who calls it outside a request.
             if hasattr(transformer, "_reset_stateful_cache"):
                 transformer._reset_stateful_cache()
-        return latents
+            set_block_cache(transformer, None, clear_stats=False)
+        return latents, counts
 
     def _guided(self, predictions: dict[str, torch.Tensor], guidance_scale: float) -> torch.Tensor:
         if len(predictions) == 1:  # CFG parallel: the other half ran on the paired rank
@@ -274,6 +319,17 @@ class WanEngine:
         video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
         frames: np.ndarray = self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
         return frames.astype(np.float32)
+
+
+def _install_cache(transformer: Any, parallel: ParallelRuntime | None) -> None:
+    """Install the per-request feature cache (off until a request sets it); the adaptive cache's
+    decision is all-reduced over the Ulysses group."""
+    from worker.cache import install_block_cache
+
+    group = None
+    if parallel is not None and parallel.layout.ulysses > 1:
+        group = parallel.mesh.get_group("ulysses")
+    install_block_cache(transformer, process_group=group)
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
