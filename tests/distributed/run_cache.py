@@ -1,0 +1,47 @@
+"""Run several cached requests, one after another, on every rank of a torchrun group.
+
+torchrun --standalone --nproc-per-node 2 tests/distributed/run_cache.py MODEL OUT CACHES_JSON --ulysses 2
+
+For request ``i`` (the ``i``-th cache of the JSON list) every rank writes ``rank{r}_{i}.json`` (its decision
+trace, local counts and the reported cache) and the leader writes ``frames_{i}.npy``.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tests.distributed.params import PARAMS
+from worker.cache import block_cache_stats, block_cache_trace
+from worker.engine import WanEngine
+from worker.parallel import ParallelLayout, init_parallel, shutdown_parallel
+
+parser = argparse.ArgumentParser()
+parser.add_argument("model", type=Path)
+parser.add_argument("out", type=Path)
+parser.add_argument("caches", type=json.loads)
+parser.add_argument("--steps", type=int, default=PARAMS.num_inference_steps)
+parser.add_argument("--ulysses", type=int, default=1)
+parser.add_argument("--cfg", type=int, default=1)
+args = parser.parse_args()
+
+layout = ParallelLayout(int(os.environ["WORLD_SIZE"]), args.ulysses, args.cfg)
+runtime = init_parallel(layout, "cpu", timeout_s=60)
+engine = WanEngine.load(args.model, parallel=runtime)
+for index, cache in enumerate(args.caches):
+    params = dataclasses.replace(PARAMS, num_inference_steps=args.steps, cache=cache)
+    result = engine.generate(params)
+    transformer = engine.pipe.transformer
+    report = {
+        "trace": block_cache_trace(transformer),
+        "local": block_cache_stats(transformer),
+        "cache": result.cache,
+    }
+    (args.out / f"rank{runtime.rank}_{index}.json").write_text(json.dumps(report))
+    if runtime.is_leader:
+        assert result.frames is not None
+        np.save(args.out / f"frames_{index}.npy", result.frames)
+shutdown_parallel()
