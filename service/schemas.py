@@ -224,8 +224,8 @@ def resolve_cache(value: str | dict[str, Any] | None) -> dict[str, Any]:
         if text.startswith("{"):  # an object sent as a form field
             try:
                 value = json.loads(text)
-            except ValueError as exc:
-                raise _cache_error(f"not valid JSON ({exc})") from None
+            except (ValueError, RecursionError) as exc:
+                raise _cache_error(f"not valid JSON ({_short(exc, 80)})") from None
         elif text == "none":
             return no_cache()
         elif text in DIT_CACHE_PRESETS:
@@ -233,7 +233,7 @@ def resolve_cache(value: str | dict[str, Any] | None) -> dict[str, Any]:
         elif text == "adaptive":
             return {"method": "adaptive", **ADAPTIVE_CACHE_DEFAULTS}
         else:
-            raise _cache_error(f"unknown cache {value!r}; it {_CACHE_HELP}", code="unknown_cache")
+            raise _cache_error(f"unknown cache {_short(value)!r}; it {_CACHE_HELP}", code="unknown_cache")
     if not isinstance(value, dict):
         raise _cache_error(_CACHE_HELP)
     method = value.get("method", "dit")
@@ -244,7 +244,7 @@ def resolve_cache(value: str | dict[str, Any] | None) -> dict[str, Any]:
         return {"method": "dit", **_dit_cache_fields(value)}
     if method == "adaptive":
         return {"method": "adaptive", **_adaptive_cache_fields(value)}
-    raise _cache_error(f"unknown method {method!r}; choose 'dit', 'adaptive' or 'none'")
+    raise _cache_error(f"unknown method {_short(method)!r}; choose 'dit', 'adaptive' or 'none'")
 
 
 def _dit_cache_fields(value: dict[str, Any]) -> dict[str, int]:
@@ -290,14 +290,23 @@ def _check_keys(value: dict[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(value) - {"method", *allowed})
     if unknown:
         expected = ", ".join(allowed) if allowed else "no other field"
-        raise _cache_error(f"unknown field {', '.join(map(repr, unknown))}; expected {expected}")
+        names = ", ".join(repr(_short(name)) for name in unknown[:5])
+        raise _cache_error(f"unknown field {names}; expected {expected}")
 
 
 def _cache_int(value: dict[str, Any], name: str) -> int:
     number = value[name]
     if not isinstance(number, int) or isinstance(number, bool) or abs(number) > _MAX_CACHE_INT:
-        raise _cache_error(f"{name} must be an integer (at most {_MAX_CACHE_INT}), got {number!r}")
+        raise _cache_error(f"{name} must be an integer (at most {_MAX_CACHE_INT}), got {_short(number)!r}")
     return number
+
+
+def _short(value: Any, limit: int = 40) -> Any:
+    """A value to quote in an error message, cut short: the body may be a megabyte."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return value
+    return text[:limit] + "..."
 
 
 def _cache_error(detail: str, *, code: str = "invalid_value") -> InvalidRequest:
