@@ -62,8 +62,9 @@ async def create_video(
         max_steps=settings.max_steps,
         max_work=settings.max_work,
     )
-    record = await run_in_threadpool(_admit_and_create, context, owner, params, profile.name, create, body,
-                                     idempotency_key)  # fmt: skip
+    record = await run_in_threadpool(
+        _admit_and_create, context, owner, params, profile.name, create, body, idempotency_key
+    )
     response.headers["openai-poll-after-ms"] = str(POLL_AFTER_MS[VideoStatus.QUEUED])
     return _view(context, record)
 
