@@ -127,6 +127,7 @@ class VideoJob:
             bytes=files["video"].stat().st_size,
             inference_time_s=round(finished - started, 4),
             peak_memory_mb=round(result.peak_memory_mb, 1) if result.peak_memory_mb is not None else None,
+            cache=result.cache,
         )
         if not still_wanted:
             log.info("%s was deleted while it ran; removing its files", video_id)
