@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import secrets
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -271,10 +270,11 @@ def _adaptive_cache_fields(value: dict[str, Any]) -> dict[str, Any]:
     _check_keys(value, tuple(ADAPTIVE_CACHE_DEFAULTS))
     fields = {**ADAPTIVE_CACHE_DEFAULTS, **{k: v for k, v in value.items() if k != "method"}}
     threshold = fields["threshold"]
+    # The range check comes first: it also rejects NaN and infinities, and a huge int that
+    # math.isfinite() could not convert to a float.
     if (
         not isinstance(threshold, int | float)
         or isinstance(threshold, bool)
-        or not math.isfinite(threshold)
         or not 0 < threshold <= MAX_ADAPTIVE_THRESHOLD
     ):
         raise _cache_error(f"threshold must be a number > 0 and <= {MAX_ADAPTIVE_THRESHOLD:g}")

@@ -108,6 +108,8 @@ def test_cache_resolves(cache: Any, resolved: dict[str, Any]) -> None:
         ({"method": "adaptive", "threshold": 11}, "threshold must be a number > 0 and <= 10"),
         ({"method": "adaptive", "threshold": "0.1"}, "threshold must be a number"),
         ({"method": "adaptive", "threshold": float("nan")}, "threshold must be a number"),
+        ({"method": "adaptive", "threshold": float("inf")}, "threshold must be a number"),
+        ({"method": "adaptive", "threshold": 10**400}, "threshold must be a number"),
         ({"method": "adaptive", "warmup_steps": -1}, "warmup_steps must be >= 0"),
         ({"method": "adaptive", "max_consecutive_skips": 0}, "max_consecutive_skips must be >= 1"),
     ],

@@ -47,7 +47,7 @@ class AdaptiveCacheConfig:
             wanted: type | tuple[type, ...] = (int, float) if field.name == "threshold" else int
             if not isinstance(value, wanted) or isinstance(value, bool):
                 raise ValueError(f"{field.name} must be a number, got {value!r}")
-        if not (math.isfinite(self.threshold) and self.threshold > 0):
+        if not 0 < self.threshold < math.inf:  # also NaN
             raise ValueError(f"threshold must be a finite number > 0, got {self.threshold}")
         for name in ("warmup_steps", "final_steps"):
             if getattr(self, name) < 0:
