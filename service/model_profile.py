@@ -1,7 +1,7 @@
 """What a model can serve (sizes, frames, defaults), read from its folder's JSON configs without torch.
 
 The API validates requests against this profile, so a bad size is a 400 at the edge rather than a
-failed job. Sources, first match wins: ``wanserve.json`` in the model folder (the tiny model writes
+failed job. Sources, first match wins: ``wanserve.json`` in the model folder (our tiny models carry
 one), a known Wan2.1 transformer config (1.3B, 14B), else Wan2.1's 480p sizes.
 """
 
@@ -14,6 +14,9 @@ from typing import Any
 
 PROFILE_FILE = "wanserve.json"
 TINY_MODEL_NAME = "wan2.1-tiny-random"
+SHAPES_MODEL_NAME = "wan2.1-tiny-shapes"
+RANDOM_MODEL_ALIAS = "tiny-random"
+"""``WANSERVE_MODEL`` value for the random-weight tiny model (generated on first use): the fastest tests."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class ModelProfile:
     default_fps: int = 16
     max_frames: int = 81
     num_attention_heads: int = 12
+    max_sequence_length: int = 512
+    """Text tokens the prompt is padded (or cut) to, as the model was trained: Wan2.1 512."""
     notes: str = field(default="", compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -48,6 +53,22 @@ TINY_PROFILE = ModelProfile(
     max_frames=81,
     num_attention_heads=2,
     notes="Random weights: produces noise-like video. Set WANSERVE_MODEL to a real Wan2.1 folder.",
+)
+
+SHAPES_PROFILE = ModelProfile(
+    name=SHAPES_MODEL_NAME,
+    sizes=("64x64",),
+    default_size="64x64",
+    default_seconds=1,
+    default_steps=20,
+    default_guidance_scale=4.0,
+    max_frames=33,
+    num_attention_heads=4,
+    max_sequence_length=32,
+    notes=(
+        "Trained here on synthetic clips: 'a {red|green|blue|yellow|white} {square|circle|triangle} moving "
+        "{left|right|up|down}' on a dark background. See worker/models/wan2.1-tiny-shapes/README.md."
+    ),
 )
 
 _WAN_480P = ("832x480", "480x832")
@@ -87,12 +108,14 @@ def resolve_profile(model: str | None, model_name: str | None, registered: dict[
     """The profile the API validates against.
 
     Args:
-        model: ``WANSERVE_MODEL`` (a folder), or None for the tiny default model.
+        model: ``WANSERVE_MODEL``: a folder, ``tiny-random``, or None for the default (shapes) model.
         model_name: ``WANSERVE_MODEL_NAME``, the name to report.
         registered: profiles that workers published in Redis (name -> JSON), used when the API cannot
             read the model folder itself (API and workers on different machines).
     """
     if model is None:
+        return _renamed(SHAPES_PROFILE, model_name)
+    if model == RANDOM_MODEL_ALIAS:
         return _renamed(TINY_PROFILE, model_name)
     folder = Path(model)
     if folder.is_dir():

@@ -27,7 +27,10 @@ class Settings(BaseSettings):
     )
     model: str | None = Field(
         default=None,
-        description="A local diffusers-format Wan2.1 folder. Unset: the tiny random-weight model.",
+        description=(
+            "A local diffusers-format Wan2.1 folder; `tiny-random` for a random-weight tiny model. "
+            "Unset: the tiny shapes model that ships with wanserve."
+        ),
     )
     model_name: str | None = Field(default=None, description="Name reported in video objects.")
     data_dir: Path = Field(default_factory=_default_data_dir, description="Models cache and default storage.")

@@ -14,6 +14,10 @@ from service.settings import Settings
 
 TEST_REDIS_DB = 13
 
+# Tests run the random-weight tiny model unless they ask for the shipped shapes model: it is several
+# times faster, and every process a test starts inherits this.
+os.environ["WANSERVE_MODEL"] = "tiny-random"
+
 
 def _answers(url: str) -> bool:
     try:

@@ -28,8 +28,6 @@ from worker.parallel import ParallelLayout, ParallelRuntime, enable_ulysses
 
 log = logging.getLogger("wanserve.worker")
 
-MAX_SEQUENCE_LENGTH = 512
-
 StageCallback = Callable[[Stage], None]
 StepCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
@@ -229,7 +227,7 @@ class WanEngine:
         embeds, _ = self.pipe.encode_prompt(
             prompt=text,
             do_classifier_free_guidance=False,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            max_sequence_length=self.profile.max_sequence_length,
             device=self.device,
         )
         return embeds.to(self.dtype)

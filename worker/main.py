@@ -16,18 +16,22 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from service import jobs
+from service.model_profile import RANDOM_MODEL_ALIAS
 from service.settings import Settings
 from worker import tasks
 from worker.engine import Engine, WanEngine
 from worker.parallel import ParallelRuntime
 from worker.rq_worker import WanWorker
-from worker.tiny_model import ensure_tiny_model
+from worker.tiny_model import SHAPES_MODEL_DIR, ensure_tiny_model
 
 log = logging.getLogger("wanserve.worker")
 
 
 def model_folder(settings: Settings) -> Path:
-    """``WANSERVE_MODEL`` when set, else the tiny random-weight model (generated on first use)."""
+    """``WANSERVE_MODEL``: a folder, or ``tiny-random`` (generated on first use); unset, the shipped
+    shapes model."""
+    if settings.model == RANDOM_MODEL_ALIAS:
+        return ensure_tiny_model(settings.models_dir)
     if settings.model:
         folder = Path(settings.model)
         if not folder.is_dir():
@@ -35,7 +39,7 @@ def model_folder(settings: Settings) -> Path:
                 f"WANSERVE_MODEL={settings.model} is not a folder (weights are never downloaded)"
             )
         return folder
-    return ensure_tiny_model(settings.models_dir)
+    return SHAPES_MODEL_DIR
 
 
 def load_engine(settings: Settings, parallel: ParallelRuntime | None = None) -> WanEngine:

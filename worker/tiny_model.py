@@ -1,8 +1,10 @@
-"""The default model: a tiny random-weight Wan2.1 in diffusers format, generated here from a fixed seed.
+"""Our tiny Wan2.1 models, in diffusers format: they load through the same code path as a real Wan2.1
+folder, so the service cannot tell the difference.
 
-It loads through the same code path as a real Wan2.1 folder, so the service cannot tell the difference;
-it only draws noise. Generated once into the models cache; the same seed gives the same weights on
-every run and machine (same torch version).
+- The default, ``SHAPES_MODEL_DIR``: trained here on synthetic clips of coloured shapes (``shapes_model``),
+  shipped with the package; it draws what it is told.
+- ``tiny-random``: random weights from a fixed seed, generated once into the models cache; it only draws
+  noise, fast, for tests. The same seed gives the same weights on every run and machine (same torch).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 
 import torch
 
-from service.model_profile import PROFILE_FILE, TINY_PROFILE
+from service.model_profile import PROFILE_FILE, SHAPES_MODEL_NAME, TINY_PROFILE
 
 log = logging.getLogger("wanserve.worker")
 
+SHAPES_MODEL_DIR = Path(__file__).parent / "models" / SHAPES_MODEL_NAME
 TINY_SEED = 20250225
 TINY_VERSION = "v1"
 

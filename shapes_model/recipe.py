@@ -1,0 +1,115 @@
+"""The whole recipe: train the VAE, encode the clips, train the transformer, write a diffusers folder.
+
+    python -m shapes_model.recipe --out /tmp/shapes            # about 45 minutes on 2 CPU cores
+    cp -r /tmp/shapes/model/* worker/models/wan2.1-tiny-shapes/  # ship it
+
+Seeded throughout: the same seed, torch version and thread count give the same weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.model_profile import PROFILE_FILE, SHAPES_PROFILE
+from shapes_model import train_dit, train_vae
+from shapes_model.model import build_scheduler, build_text_encoder, build_tokenizer, build_transformer
+
+
+def assemble(vae: Any, transformer: Any, seed: int) -> Any:
+    from diffusers import WanPipeline
+
+    return WanPipeline(
+        tokenizer=build_tokenizer(),
+        text_encoder=build_text_encoder(seed + 2),
+        transformer=transformer.eval(),
+        vae=vae.eval(),
+        scheduler=build_scheduler(),
+    )
+
+
+def save_model(pipe: Any, folder: Path) -> None:
+    """The diffusers folder, with our profile; the tokenizer is recorded under the class name every
+    transformers version knows (5.x would write its internal ``TokenizersBackend``)."""
+    pipe.save_pretrained(folder, safe_serialization=True)
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    (folder / PROFILE_FILE).write_text(json.dumps(SHAPES_PROFILE.to_json(), indent=2) + "\n")
+
+
+def run(
+    out: Path, seed: int, vae_steps: int, transformer_steps: int, clips_per_combination: int, skip_vae: bool
+) -> None:
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+    if not skip_vae:
+        train_vae.train(out, vae_steps, batch_size=8, lr=2e-3, seed=seed)
+        times["vae_s"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    vae = AutoencoderKLWan.from_pretrained(out / "vae").eval()
+    latents, clips = train_dit.make_dataset(vae, clips_per_combination, seed + 3)
+    mean = latents.mean(dim=(0, 2, 3, 4))
+    std = latents.std(dim=(0, 2, 3, 4))
+    latents = (latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    times["encode_clips_s"] = time.perf_counter() - mark
+    print(f"encoded {len(clips)} clips in {times['encode_clips_s']:.0f}s", flush=True)
+
+    mark = time.perf_counter()
+    pipe = assemble(vae, build_transformer(seed), seed)
+    save_model(pipe, out / "model")  # complete from the start; checkpoints replace its transformer
+
+    def checkpoint(transformer: Any) -> None:
+        transformer.save_pretrained(out / "model" / "transformer")
+
+    ema = train_dit.train(
+        pipe, latents, clips, out, transformer_steps, batch_size=32, lr=1e-3, seed=seed, checkpoint=checkpoint
+    )
+    pipe.transformer = ema
+    times["transformer_s"] = time.perf_counter() - mark
+    save_model(pipe, out / "model")
+    recipe = {
+        "seed": seed,
+        "vae_steps": vae_steps,
+        "transformer_steps": transformer_steps,
+        "clips": len(clips),
+        "times_s": {k: round(v, 1) for k, v in times.items()},
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    print(json.dumps(recipe), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=int, default=1000)
+    parser.add_argument("--transformer-steps", type=int, default=1600)
+    parser.add_argument("--clips-per-combination", type=int, default=16)
+    parser.add_argument("--skip-vae", action="store_true", help="reuse OUT/vae from an earlier run")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    run(
+        args.out, args.seed, args.vae_steps, args.transformer_steps, args.clips_per_combination, args.skip_vae
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Train the transformer by flow matching, as Wan is trained, on VAE latents of synthetic clips.
+
+The clips are encoded once (the VAE is frozen by then) and the text encoder is frozen, so a step is the
+transformer alone. Prompts are encoded exactly as the engine encodes them at inference, padded with
+zeros to the profile's ``max_sequence_length`` (32: Wan2.1's 512 would make cross-attention over the
+padding most of the cost), and one in ten is dropped to the empty prompt so that guidance works.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.model_profile import SHAPES_PROFILE
+from shapes_model.data import COLOURS, DIRECTIONS, SHAPES, prompt_for, render, sample_clip
+from shapes_model.model import SCHEDULER_CONFIG, build_transformer
+from shapes_model.train_vae import to_tensor
+
+NUM_FRAMES = 17
+UNCOND_PROBABILITY = 0.1
+
+
+def encode_prompts(pipe: Any, prompts: list[str]) -> torch.Tensor:
+    """(len(prompts), 512, text_dim) embeddings, as ``WanEngine`` computes them."""
+    with torch.no_grad():
+        embeds, _ = pipe.encode_prompt(
+            prompt=prompts,
+            do_classifier_free_guidance=False,
+            max_sequence_length=SHAPES_PROFILE.max_sequence_length,
+        )
+    return embeds
+
+
+def encode_clips(vae: Any, clips: list[torch.Tensor], batch_size: int = 8) -> torch.Tensor:
+    """Posterior means of (3, T, H, W) clips in [-1, 1], raw (not yet normalised)."""
+    latents = []
+    with torch.no_grad():
+        for i in range(0, len(clips), batch_size):
+            latents.append(vae.encode(torch.stack(clips[i : i + batch_size])).latent_dist.mode())
+    return torch.cat(latents)
+
+
+def make_dataset(vae: Any, clips_per_combination: int, seed: int) -> tuple[torch.Tensor, list[Any]]:
+    """Latents of ``clips_per_combination`` clips of every colour x shape x direction, and the clips."""
+    rng = random.Random(seed)
+    combos = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
+    clips = [sample_clip(rng, *combo) for combo in combos for _ in range(clips_per_combination)]
+    latents = encode_clips(vae, [to_tensor(render(clip, NUM_FRAMES)) for clip in clips])
+    return latents, clips
+
+
+def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """The flow-matching noise levels the scheduler's ``flow_shift`` visits, for uniform ``u``."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def train(
+    pipe: Any,
+    latents: torch.Tensor,
+    clips: list[Any],
+    out: Path,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    log_every: int = 25,
+    checkpoint: Callable[[Any], None] | None = None,
+    checkpoint_every: int = 400,
+) -> Any:
+    """Train a fresh transformer on normalised ``latents``; returns its EMA copy."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    prompt_rng = random.Random(seed + 1)
+    # Several phrasings per clip, encoded once.
+    phrasings = [[prompt_for(clip, prompt_rng) for _ in range(4)] for clip in clips]
+    unique = sorted({p for options in phrasings for p in options} | {""})
+    index = {p: i for i, p in enumerate(unique)}
+    table = torch.cat([encode_prompts(pipe, unique[i : i + 64]) for i in range(0, len(unique), 64)])
+
+    transformer = build_transformer(seed).train()
+    ema = copy.deepcopy(transformer).eval().requires_grad_(False)
+    optimiser = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser,
+        lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))),
+    )
+    shift = float(SCHEDULER_CONFIG["flow_shift"])
+    log = (out / "transformer_loss.jsonl").open("w")
+    started, running = time.perf_counter(), []
+    for step in range(steps):
+        rows = [rng.randrange(len(clips)) for _ in range(batch_size)]
+        x0 = latents[rows]
+        prompts = ["" if rng.random() < UNCOND_PROBABILITY else rng.choice(phrasings[r]) for r in rows]
+        text = table[[index[p] for p in prompts]]
+        sigma = shifted_sigmas(torch.rand(batch_size), shift).view(-1, 1, 1, 1, 1)
+        noise = torch.randn_like(x0)
+        noisy = (1 - sigma) * x0 + sigma * noise
+        prediction = transformer(
+            hidden_states=noisy,
+            timestep=sigma.flatten() * SCHEDULER_CONFIG["num_train_timesteps"],
+            encoder_hidden_states=text,
+            return_dict=False,
+        )[0]
+        loss = torch.nn.functional.mse_loss(prediction, noise - x0)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), transformer.parameters(), strict=True):
+                e.lerp_(p, 1 - decay)
+        running.append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            record = {"step": step + 1, "loss": float(np.mean(running)), "s": time.perf_counter() - started}
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(
+                f"transformer step {step + 1}/{steps} loss {record['loss']:.4f} {record['s']:.0f}s",
+                flush=True,
+            )
+            running = []
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+            checkpoint(ema)
+    return ema

@@ -1,0 +1,83 @@
+"""The shapes model's data, tokenizer and analyser: what the training sees and what the evaluation reads."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shapes_model.analyse import analyse_frames, analyse_mp4
+from shapes_model.data import BACKGROUND, COLOURS, DIRECTIONS, SHAPES, prompt_for, render, sample_clip
+from shapes_model.model import EOS, UNK, build_tokenizer
+from worker.video import write_mp4
+
+
+def test_every_clip_shows_its_whole_object_moving_inside_the_frame() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        clip = sample_clip(rng)
+        for x, y in (clip.start, clip.end):
+            inside = clip.radius / 64
+            assert inside < x < 1 - inside and inside < y < 1 - inside
+        frames = render(clip)
+        on_object = np.abs(frames.astype(int) - BACKGROUND).max(-1) > 40
+        assert (on_object.sum(axis=(1, 2)) > 100).all(), "the object is visible in every frame"
+
+
+def test_the_same_seed_draws_the_same_clip_and_prompt() -> None:
+    first, second = random.Random(3), random.Random(3)
+    assert sample_clip(first) == sample_clip(second)
+    clip = sample_clip(random.Random(4))
+    assert np.array_equal(render(clip), render(clip))
+    assert prompt_for(clip, random.Random(5)) == prompt_for(clip, random.Random(5))
+
+
+def test_every_prompt_names_the_clip() -> None:
+    rng = random.Random(1)
+    for _ in range(100):
+        clip = sample_clip(rng)
+        words = prompt_for(clip, rng).lower().replace(",", " ").replace(":", " ").split()
+        assert {clip.colour, clip.shape, clip.direction} <= set(words)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "content"),
+    [
+        ("a red circle moving right", ["red", "circle", "right"]),
+        ("A RED Circle, moving to the right!", ["red", "circle", "right"]),
+        ("moving right: a red circle", ["right", "red", "circle"]),
+    ],
+)
+def test_the_tokenizer_reads_the_words_a_person_types(prompt: str, content: list[str]) -> None:
+    tokenizer = build_tokenizer()
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(prompt).input_ids)
+    assert tokens[-1] == EOS
+    assert [t for t in tokens if t in content] == content
+    assert UNK not in tokens
+
+
+def test_unknown_words_and_empty_prompts_still_tokenize() -> None:
+    tokenizer = build_tokenizer()
+    assert tokenizer.convert_ids_to_tokens(tokenizer("a purple fox 🦊").input_ids) == ["a", UNK, UNK, EOS]
+    assert tokenizer.convert_ids_to_tokens(tokenizer("").input_ids) == [EOS]
+
+
+def test_the_analyser_reads_every_combination_through_a_real_mp4(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    path = tmp_path / "clip.mp4"
+    for colour, shape, direction in itertools.product(COLOURS, SHAPES, DIRECTIONS):
+        write_mp4(render(sample_clip(rng, colour, shape, direction)), path, fps=16)
+        seen = analyse_mp4(path)
+        assert (seen.colour, seen.shape, seen.direction) == (colour, shape, direction), seen
+
+
+def test_the_analyser_says_so_when_nothing_moves_or_nothing_is_there() -> None:
+    clip = sample_clip(random.Random(2), "blue", "square", "left")
+    still = np.repeat(render(clip)[:1], 17, axis=0)
+    assert analyse_frames(still).direction == "still"
+    empty = np.full((17, 64, 64, 3), BACKGROUND, np.uint8)
+    nothing = analyse_frames(empty)
+    assert (nothing.colour, nothing.direction, nothing.frames_with_object) == (None, None, 0)

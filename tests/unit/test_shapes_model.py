@@ -1,0 +1,76 @@
+"""The shipped shapes model: a Wan2.1 folder that loads like any other and draws what it is told; and
+the recipe that made it, run in miniature."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.model_profile import SHAPES_PROFILE, profile_for_folder
+from service.schemas import GenerationParams
+from shapes_model import recipe
+from shapes_model.analyse import analyse_frames
+from worker.engine import WanEngine, to_uint8
+from worker.tiny_model import SHAPES_MODEL_DIR
+
+MAX_WEIGHTS_BYTES = 20 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def shapes_engine() -> WanEngine:
+    return WanEngine.load(SHAPES_MODEL_DIR, device="cpu", dtype="float32")
+
+
+def request(prompt: str, seed: int = 0, **changes: object) -> GenerationParams:
+    profile = SHAPES_PROFILE
+    params = GenerationParams(
+        prompt=prompt, negative_prompt="", width=64, height=64, num_frames=17, fps=16, seed=seed,
+        num_inference_steps=profile.default_steps, guidance_scale=profile.default_guidance_scale,
+    )  # fmt: skip
+    return dataclasses.replace(params, **changes)  # type: ignore[arg-type]
+
+
+def test_the_shipped_folder_is_a_wan_folder_with_its_profile() -> None:
+    index = json.loads((SHAPES_MODEL_DIR / "model_index.json").read_text())
+    assert index["_class_name"] == "WanPipeline"
+    assert index["transformer"] == ["diffusers", "WanTransformer3DModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKLWan"]
+    assert index["text_encoder"] == ["transformers", "UMT5EncoderModel"]
+    assert profile_for_folder(SHAPES_MODEL_DIR) == SHAPES_PROFILE
+
+
+def test_the_weights_are_small() -> None:
+    weights = sum(p.stat().st_size for p in SHAPES_MODEL_DIR.rglob("*.safetensors"))
+    assert 0 < weights < MAX_WEIGHTS_BYTES
+
+
+@pytest.mark.parametrize(
+    ("prompt", "colour", "direction"),
+    [("a red circle moving right", "red", "right"), ("A blue square, moving up", "blue", "up")],
+)
+def test_it_draws_what_it_is_told(shapes_engine: WanEngine, prompt: str, colour: str, direction: str) -> None:
+    result = shapes_engine.generate(request(prompt))
+    assert result.frames is not None
+    seen = analyse_frames(to_uint8(result.frames))
+    assert (seen.colour, seen.direction) == (colour, direction), seen
+
+
+@pytest.mark.parametrize("prompt", ["a purple fox running through snow", "", "日本語のプロンプト"])
+def test_any_other_prompt_still_makes_a_video(shapes_engine: WanEngine, prompt: str) -> None:
+    result = shapes_engine.generate(request(prompt, num_inference_steps=4))
+    assert result.frames is not None and result.frames.shape == (17, 64, 64, 3)
+    assert np.isfinite(result.frames).all()
+
+
+def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
+    recipe.run(tmp_path, seed=1, vae_steps=2, transformer_steps=2, clips_per_combination=1, skip_vae=False)
+    folder = tmp_path / "model"
+    assert profile_for_folder(folder) == SHAPES_PROFILE
+    assert {"vae_loss.jsonl", "transformer_loss.jsonl", "recipe.json"} <= {p.name for p in tmp_path.iterdir()}
+    engine = WanEngine.load(folder, device="cpu", dtype="float32")
+    result = engine.generate(request("a green triangle moving down", num_inference_steps=2))
+    assert result.frames is not None and result.frames.shape == (17, 64, 64, 3)
