@@ -9,6 +9,7 @@ Seeded throughout: the same seed, torch version and thread count give the same w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -46,7 +47,12 @@ def save_model(pipe: Any, folder: Path) -> None:
 
 
 def run(
-    out: Path, seed: int, vae_steps: int, transformer_steps: int, clips_per_combination: int, skip_vae: bool
+    out: Path,
+    seed: int = 0,
+    vae_phases: tuple[train_vae.Phase, ...] = train_vae.PHASES,
+    transformer_steps: int = 1600,
+    clips_per_combination: int = 16,
+    skip_vae: bool = False,
 ) -> None:
     from diffusers import AutoencoderKLWan
 
@@ -54,7 +60,7 @@ def run(
     times: dict[str, float] = {}
     started = time.perf_counter()
     if not skip_vae:
-        train_vae.train(out, vae_steps, batch_size=8, lr=2e-3, seed=seed)
+        train_vae.train(out, vae_phases, seed=seed)
         times["vae_s"] = time.perf_counter() - started
 
     mark = time.perf_counter()
@@ -82,7 +88,7 @@ def run(
     save_model(pipe, out / "model")
     recipe = {
         "seed": seed,
-        "vae_steps": vae_steps,
+        "vae_phases": [dataclasses.asdict(phase) for phase in vae_phases],
         "transformer_steps": transformer_steps,
         "clips": len(clips),
         "times_s": {k: round(v, 1) for k, v in times.items()},
@@ -100,14 +106,18 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=1000)
     parser.add_argument("--transformer-steps", type=int, default=1600)
     parser.add_argument("--clips-per-combination", type=int, default=16)
     parser.add_argument("--skip-vae", action="store_true", help="reuse OUT/vae from an earlier run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     run(
-        args.out, args.seed, args.vae_steps, args.transformer_steps, args.clips_per_combination, args.skip_vae
+        args.out,
+        args.seed,
+        train_vae.PHASES,
+        args.transformer_steps,
+        args.clips_per_combination,
+        args.skip_vae,
     )
 
 

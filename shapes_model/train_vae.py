@@ -1,8 +1,9 @@
 """Train the VAE: reconstruct short windows of synthetic clips, weighting the object's pixels.
 
-The windows are 9 frames (the first frame alone, then two 4-frame chunks: every path of Wan's causal
+First on windows of 9 frames (the first frame alone, then two 4-frame chunks: every path of Wan's causal
 encoder and decoder, the chunk-to-chunk feature cache included) cropped to 32x32 around the object:
 convolutions do not care about the frame's size, and a quarter of the pixels is a quarter of the time.
+Then a short phase on whole 64x64 frames.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,22 +23,38 @@ import torch
 from shapes_model.data import BACKGROUND, render, sample_clip
 from shapes_model.model import build_vae
 
-WINDOW, CROP = 9, 32
 LATENT_NOISE = 0.1
 
 
-def training_window(rng: random.Random) -> np.ndarray:
-    """A (WINDOW, CROP, CROP, 3) uint8 window of a random clip, cropped near the object."""
+@dataclass(frozen=True)
+class Phase:
+    steps: int
+    window: int
+    """Frames per training clip: 1 + 4k (the first frame alone, then k chunks of 4)."""
+    crop: int
+    """Square crop around the object, pixels; 64 is the whole frame."""
+    batch_size: int
+    lr: float
+
+
+CROPS = Phase(steps=1000, window=9, crop=32, batch_size=8, lr=2e-3)
+# Then whole frames: the middle attention block sees 8x8 latents at 64x64, not the crops' 4x4.
+FULL_FRAMES = Phase(steps=300, window=5, crop=64, batch_size=4, lr=1e-3)
+PHASES = (CROPS, FULL_FRAMES)
+
+
+def training_window(rng: random.Random, window: int, crop: int) -> np.ndarray:
+    """A (window, crop, crop, 3) uint8 window of a random clip, cropped near the object."""
     clip = sample_clip(rng)
     frames = render(clip)
-    first = rng.randrange(0, frames.shape[0] - WINDOW + 1)
-    frames = frames[first : first + WINDOW]
-    t = (first + WINDOW / 2) / (17 - 1)
+    first = rng.randrange(0, frames.shape[0] - window + 1)
+    frames = frames[first : first + window]
+    t = (first + window / 2) / (17 - 1)
     cx = (clip.start[0] + (clip.end[0] - clip.start[0]) * t) * 64 + rng.uniform(-10, 10)
     cy = (clip.start[1] + (clip.end[1] - clip.start[1]) * t) * 64 + rng.uniform(-10, 10)
-    x0 = int(np.clip(round(cx - CROP / 2), 0, 64 - CROP))
-    y0 = int(np.clip(round(cy - CROP / 2), 0, 64 - CROP))
-    return frames[:, y0 : y0 + CROP, x0 : x0 + CROP]
+    x0 = int(np.clip(round(cx - crop / 2), 0, 64 - crop))
+    y0 = int(np.clip(round(cy - crop / 2), 0, 64 - crop))
+    return frames[:, y0 : y0 + crop, x0 : x0 + crop]
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -51,21 +70,36 @@ def object_weight(batch: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
     return 1.0 + (weight - 1.0) * near
 
 
-def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, log_every: int = 25) -> None:
+def train(out: Path, phases: tuple[Phase, ...] = PHASES, seed: int = 0, first_phase: int = 0) -> Any:
+    """Run ``phases`` in turn (from ``first_phase``, resuming from ``out/vae``); saves and returns the VAE."""
+    from diffusers import AutoencoderKLWan
+
+    out.mkdir(parents=True, exist_ok=True)
+    vae = build_vae(seed) if first_phase == 0 else AutoencoderKLWan.from_pretrained(out / "vae")
+    offset = sum(phase.steps for phase in phases[:first_phase])
+    for index in range(first_phase, len(phases)):
+        vae = _train_phase(vae, phases[index], out, seed + index, offset, append=index > 0)
+        vae.save_pretrained(out / "vae")
+        offset += phases[index].steps
+    return vae.eval()
+
+
+def _train_phase(vae: Any, phase: Phase, out: Path, seed: int, offset: int, append: bool) -> Any:
     rng = random.Random(seed)
-    vae = build_vae(seed).train()
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    vae.train()
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=phase.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    steps = phase.steps
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser,
         lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))),
     )
     torch.manual_seed(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    log = (out / "vae_loss.jsonl").open("w")
+    log = (out / "vae_loss.jsonl").open("a" if append else "w")
     started, running = time.perf_counter(), []
     for step in range(steps):
-        batch = torch.stack([to_tensor(training_window(rng)) for _ in range(batch_size)])
+        windows = [training_window(rng, phase.window, phase.crop) for _ in range(phase.batch_size)]
+        batch = torch.stack([to_tensor(window) for window in windows])
         posterior = vae.encode(batch).latent_dist
         # The posterior's mean plus a little noise, not a posterior sample: sampling at the untrained
         # posterior's width drowns the latents in noise, and we encode with the mean anyway.
@@ -79,26 +113,25 @@ def train(out: Path, steps: int, batch_size: int, lr: float, seed: int, log_ever
         optimiser.step()
         schedule.step()
         running.append(l1.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            record = {"step": step + 1, "loss": float(np.mean(running)), "s": time.perf_counter() - started}
+        if (step + 1) % 25 == 0 or step + 1 == steps:
+            elapsed = time.perf_counter() - started
+            record = {"step": offset + step + 1, "loss": float(np.mean(running)), "s": elapsed}
             log.write(json.dumps(record) + "\n")
             log.flush()
-            print(f"vae step {step + 1}/{steps} loss {record['loss']:.4f} {record['s']:.0f}s", flush=True)
+            print(f"vae step {offset + step + 1} loss {record['loss']:.4f} {elapsed:.0f}s", flush=True)
             running = []
         if (step + 1) % 250 == 0:  # a checkpoint to look at while it trains
             vae.save_pretrained(out / "vae")
-    vae.eval().save_pretrained(out / "vae")
+    return vae
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=1200)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--first-phase", type=int, default=0, help="resume from OUT/vae at this phase")
     args = parser.parse_args()
-    train(args.out, args.steps, args.batch_size, args.lr, args.seed)
+    train(args.out, seed=args.seed, first_phase=args.first_phase)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 
 from service.model_profile import SHAPES_PROFILE, profile_for_folder
 from service.schemas import GenerationParams
-from shapes_model import recipe
+from shapes_model import recipe, train_vae
 from shapes_model.analyse import analyse_frames
 from worker.engine import WanEngine, to_uint8
 from worker.tiny_model import SHAPES_MODEL_DIR
@@ -67,7 +67,8 @@ def test_any_other_prompt_still_makes_a_video(shapes_engine: WanEngine, prompt: 
 
 
 def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
-    recipe.run(tmp_path, seed=1, vae_steps=2, transformer_steps=2, clips_per_combination=1, skip_vae=False)
+    phases = tuple(dataclasses.replace(phase, steps=2, batch_size=1) for phase in train_vae.PHASES)
+    recipe.run(tmp_path, seed=1, vae_phases=phases, transformer_steps=2, clips_per_combination=1)
     folder = tmp_path / "model"
     assert profile_for_folder(folder) == SHAPES_PROFILE
     assert {"vae_loss.jsonl", "transformer_loss.jsonl", "recipe.json"} <= {p.name for p in tmp_path.iterdir()}
