@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 PANELS = (
-    ("VAE: object-weighted L1", "vae_loss.jsonl"),
+    ("VAE: object-weighted L1 (crops; whole frames from 1000)", "vae_loss.jsonl"),
     ("transformer: flow-matching MSE", "transformer_loss.jsonl"),
 )
 WIDTH, HEIGHT, MARGIN = 380, 240, 48

@@ -43,6 +43,10 @@ def save_model(pipe: Any, folder: Path) -> None:
     index = json.loads(index_path.read_text())
     index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
     index_path.write_text(json.dumps(index, indent=2) + "\n")
+    config_path = folder / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
     (folder / PROFILE_FILE).write_text(json.dumps(SHAPES_PROFILE.to_json(), indent=2) + "\n")
 
 
