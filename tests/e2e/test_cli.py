@@ -103,7 +103,7 @@ def test_generate_rejects_bad_input_with_a_message(fresh_data_dir: Path, tmp_pat
 def test_generate_with_the_default_model_draws_the_prompt(fresh_data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
     done = run_generate(
-        "a red circle moving right", "-o", str(out), data_dir=fresh_data_dir, WANSERVE_MODEL=""
+        "a red circle moving right", "-o", str(out), "--seed", "0", data_dir=fresh_data_dir, WANSERVE_MODEL=""
     )
     assert done.returncode == 0, done.stderr
     seen = analyse_mp4(out)
