@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from service.model_profile import TINY_PROFILE, profile_for_folder, resolve_profile
+from service.model_profile import SHAPES_PROFILE, TINY_PROFILE, profile_for_folder, resolve_profile
 
 
 def write_transformer_config(folder: Path, layers: int, heads: int) -> Path:
@@ -31,8 +31,9 @@ def test_model_name_overrides(tmp_path: Path) -> None:
     assert profile_for_folder(folder, "my-wan").name == "my-wan"
 
 
-def test_no_model_means_the_tiny_default() -> None:
-    assert resolve_profile(None, None, {}) == TINY_PROFILE
+def test_no_model_means_the_shipped_shapes_model_and_tiny_random_the_random_one() -> None:
+    assert resolve_profile(None, None, {}) == SHAPES_PROFILE
+    assert resolve_profile("tiny-random", None, {}) == TINY_PROFILE
 
 
 def test_an_unreadable_folder_falls_back_to_what_workers_registered() -> None:
