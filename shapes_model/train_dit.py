@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
-import math
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from service.model_profile import SHAPES_PROFILE
 from shapes_model.data import COLOURS, DIRECTIONS, SHAPES, prompt_for, render, sample_clip
 from shapes_model.model import SCHEDULER_CONFIG, build_transformer
 from shapes_model.train_vae import to_tensor
+from shapes_model.training import LossLog, warmup_cosine
 
 NUM_FRAMES = 17
 UNCOND_PROBABILITY = 0.1
@@ -90,14 +87,9 @@ def train(
     transformer = build_transformer(seed).train()
     ema = copy.deepcopy(transformer).eval().requires_grad_(False)
     optimiser = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser,
-        lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))),
-    )
+    schedule = warmup_cosine(optimiser, steps)
     shift = float(SCHEDULER_CONFIG["flow_shift"])
-    log = (out / "transformer_loss.jsonl").open("w")
-    started, running = time.perf_counter(), []
+    log = LossLog(out / "transformer_loss.jsonl", "transformer", steps, every=log_every)
     for step in range(steps):
         rows = [rng.randrange(len(clips)) for _ in range(batch_size)]
         x0 = latents[rows]
@@ -122,16 +114,7 @@ def train(
         with torch.no_grad():
             for e, p in zip(ema.parameters(), transformer.parameters(), strict=True):
                 e.lerp_(p, 1 - decay)
-        running.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            record = {"step": step + 1, "loss": float(np.mean(running)), "s": time.perf_counter() - started}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            print(
-                f"transformer step {step + 1}/{steps} loss {record['loss']:.4f} {record['s']:.0f}s",
-                flush=True,
-            )
-            running = []
+        log.add(step, loss.item())
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
             checkpoint(ema)
     return ema

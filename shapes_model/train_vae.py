@@ -9,10 +9,7 @@ Then a short phase on whole 64x64 frames.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ import torch
 
 from shapes_model.data import BACKGROUND, render, sample_clip
 from shapes_model.model import build_vae
+from shapes_model.training import LossLog, warmup_cosine
 
 LATENT_NOISE = 0.1
 
@@ -88,16 +86,10 @@ def _train_phase(vae: Any, phase: Phase, out: Path, seed: int, offset: int, appe
     rng = random.Random(seed)
     vae.train()
     optimiser = torch.optim.AdamW(vae.parameters(), lr=phase.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    steps = phase.steps
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser,
-        lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))),
-    )
+    schedule = warmup_cosine(optimiser, phase.steps)
     torch.manual_seed(seed)
-    log = (out / "vae_loss.jsonl").open("a" if append else "w")
-    started, running = time.perf_counter(), []
-    for step in range(steps):
+    log = LossLog(out / "vae_loss.jsonl", "vae", phase.steps, offset=offset, append=append)
+    for step in range(phase.steps):
         windows = [training_window(rng, phase.window, phase.crop) for _ in range(phase.batch_size)]
         batch = torch.stack([to_tensor(window) for window in windows])
         posterior = vae.encode(batch).latent_dist
@@ -112,14 +104,7 @@ def _train_phase(vae: Any, phase: Phase, out: Path, seed: int, offset: int, appe
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimiser.step()
         schedule.step()
-        running.append(l1.item())
-        if (step + 1) % 25 == 0 or step + 1 == steps:
-            elapsed = time.perf_counter() - started
-            record = {"step": offset + step + 1, "loss": float(np.mean(running)), "s": elapsed}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            print(f"vae step {offset + step + 1} loss {record['loss']:.4f} {elapsed:.0f}s", flush=True)
-            running = []
+        log.add(step, l1.item())
         if (step + 1) % 250 == 0:  # a checkpoint to look at while it trains
             vae.save_pretrained(out / "vae")
     return vae

@@ -72,6 +72,8 @@ def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
     folder = tmp_path / "model"
     assert profile_for_folder(folder) == SHAPES_PROFILE
     assert {"vae_loss.jsonl", "transformer_loss.jsonl", "recipe.json"} <= {p.name for p in tmp_path.iterdir()}
+    vae_log = [json.loads(line) for line in (tmp_path / "vae_loss.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in vae_log] == [2, 4], "the second phase numbers on from the first"
     engine = WanEngine.load(folder, device="cpu", dtype="float32")
     result = engine.generate(request("a green triangle moving down", num_inference_steps=2))
     assert result.frames is not None and result.frames.shape == (17, 64, 64, 3)
