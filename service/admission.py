@@ -56,10 +56,20 @@ def check_queue_length(queued: int, limit: int) -> None:
 
 @dataclass
 class IdempotencyKeys:
-    """``Idempotency-Key`` per owner: the same key and body give the same video, another body a 409."""
+    """``Idempotency-Key`` per owner: the same key and body give the same video, another body a 409.
+
+    A claim lives ``pending_ttl_s`` until its video is written; the transaction that writes the video
+    extends it to as long as the key should answer (:data:`service.video_store.IDEMPOTENCY_TTL_S`), and
+    deleting the video removes it, so the key can be used again. Nothing here waits: a request that
+    finds the key's video still being written gets a 409 to retry at once.
+    """
 
     redis: Redis
-    ttl_s: int = 24 * 3600
+    pending_ttl_s: int = 60
+
+    @staticmethod
+    def slot(owner: str, key: str) -> str:
+        return f"wanserve:idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
 
     def claim(self, owner: str, key: str, body: dict[str, Any], video_id: str) -> str | None:
         """Claim ``key`` for ``video_id``; returns the video id an earlier request with it created.
@@ -67,12 +77,14 @@ class IdempotencyKeys:
         Raises:
             IdempotencyConflict: the key was used with a different body.
         """
-        slot = f"wanserve:idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
+        slot = self.slot(owner, key)
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
         claim = json.dumps({"body": fingerprint, "video_id": video_id})
-        if self.redis.set(slot, claim, nx=True, ex=self.ttl_s):
+        if self.redis.set(slot, claim, nx=True, ex=self.pending_ttl_s):
             return None
         existing = json.loads(cast(bytes, self.redis.get(slot)) or b"{}")
+        if not existing:  # released or expired between the two commands: claim it again
+            return self.claim(owner, key, body, video_id)
         if existing.get("body") != fingerprint:
             raise IdempotencyConflict(
                 "This Idempotency-Key was used with a different request body.", param="Idempotency-Key"
@@ -81,4 +93,4 @@ class IdempotencyKeys:
 
     def release(self, owner: str, key: str) -> None:
         """Forget a claim whose request failed before it created anything."""
-        self.redis.delete(f"wanserve:idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()}")
+        self.redis.delete(self.slot(owner, key))

@@ -69,8 +69,16 @@ def _api(args: argparse.Namespace) -> None:
     import uvicorn
 
     from service.http.app import create_app
+    from service.http.server import guarded_protocol
 
-    uvicorn.run(create_app(Settings()), host=args.host, port=args.port, log_level="info")
+    settings = Settings()
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        http=guarded_protocol(settings.header_timeout_s),
+    )
 
 
 def _worker(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from service.errors import InvalidRequest
 from service.model_profile import ModelProfile
+from service.text import check_body, is_blank
 
 MAX_SEED = 2**32 - 1
 
@@ -72,8 +73,18 @@ class CreateVideoRequest(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must contain some non-whitespace text")
+        if is_blank(value):
+            raise ValueError("prompt must contain some visible text")
+        return value
+
+    @field_validator(
+        "seconds", "num_frames", "fps", "seed", "num_inference_steps", "guidance_scale", mode="before"
+    )
+    @classmethod
+    def _booleans_are_not_numbers(cls, value: Any) -> Any:
+        # pydantic's lax mode reads true as 1; a client that sends a boolean meant something else.
+        if isinstance(value, bool):
+            raise PydanticCustomError("bool_not_number", "expected a number, got a boolean")
         return value
 
     @field_validator("cache", mode="before")
@@ -122,6 +133,7 @@ class GenerationParams:
 
 def parse_create_request(body: dict[str, Any]) -> CreateVideoRequest:
     """Validate a raw body, turning pydantic's errors into one ``InvalidRequest`` naming the field."""
+    check_body(body)
     try:
         return CreateVideoRequest.model_validate(body)
     except ValidationError as exc:

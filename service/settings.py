@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         description="Largest frames x pixels x steps one request may ask.",
     )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted.")
+    header_timeout_s: float = Field(
+        default=10, gt=0, description="A request's headers must arrive within this long (else 408)."
+    )
+    body_timeout_s: float = Field(
+        default=30, gt=0, description="A request's body must arrive within this long (else 408)."
+    )
     max_queue_length: int = Field(
         default=1000, ge=0, description="Past this many waiting jobs: 429 (0: off)."
     )
@@ -69,6 +75,13 @@ class Settings(BaseSettings):
         default=None, description="Signs webhooks (Standard Webhooks; whsec_<base64> or any string)."
     )
     webhook_url: str | None = Field(default=None, description="Webhook for videos that name none.")
+    webhook_allow_private: bool = Field(
+        default=False,
+        description=(
+            "Allow webhooks to loopback, private, link-local and other internal addresses "
+            "(off: such targets are refused at create and at delivery)."
+        ),
+    )
     cleanup_interval_s: float = Field(
         default=60, gt=0, description="How often the API removes expired videos."
     )

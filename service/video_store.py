@@ -10,20 +10,26 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from redis import Redis
+from redis.exceptions import WatchError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from service import jobs
 from service.auth import PUBLIC_OWNER
-from service.errors import VideoNotFound, VideoNotReady
+from service.errors import BackendUnavailable, InvalidRequest, VideoNotFound, VideoNotReady
 from service.jobs import Stage, VideoStatus
 from service.schemas import GenerationParams
 
 Record = dict[str, Any]
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+"""How long an ``Idempotency-Key`` keeps returning the video it created (if that video still exists)."""
+_MAX_WATCH_RETRIES = 100
 
 
 def new_video_id() -> str:
@@ -50,8 +56,17 @@ class VideoStore:
         retries: int,
         video_id: str | None = None,
         webhook_url: str | None = None,
+        idempotency_slot: str | None = None,
+        admit: Callable[[int], None] | None = None,
     ) -> Record:
-        """Write the record and enqueue its job in one transaction: never one without the other."""
+        """Write the record and enqueue its job in one transaction: never one without the other.
+
+        Args:
+            idempotency_slot: The Redis key of the ``Idempotency-Key`` claim that led here; it is kept as
+                long as the video (see :class:`service.admission.IdempotencyKeys`) and removed with it.
+            admit: Called with the number of jobs waiting, atomically with the enqueue (it raises to
+                refuse): concurrent creates cannot overshoot a queue limit.
+        """
         video_id = video_id or new_video_id()
         now = time.time()
         record: Record = {
@@ -65,26 +80,41 @@ class VideoStore:
             "created_at": now,
             "timings": {},
             "webhook_url": webhook_url,
+            "idempotency_slot": idempotency_slot,
         }
         score = int(now * 1_000_000)
-        with self.redis.pipeline() as pipe:
-            pipe.multi()  # RQ switches the pipeline to MULTI itself; it must happen before our commands
-            pipe.hset(jobs.video_key(video_id), mapping=_encode(record))
-            pipe.zadd(jobs.VIDEOS_INDEX_KEY, {video_id: score})
-            pipe.zadd(jobs.owner_index_key(owner), {video_id: score})
-            self.queue.enqueue_call(
-                jobs.GENERATE_FUNCTION,
-                args=(video_id,),
-                job_id=video_id,
-                timeout=job_timeout_s,
-                result_ttl=result_ttl_s,
-                failure_ttl=result_ttl_s,
-                # Retry is what makes RQ requeue a job abandoned by a dead worker, not fail it.
-                retry=Retry(max=retries) if retries else None,
-                pipeline=pipe,
-            )
-            pipe.execute()
-        return record
+        for _ in range(_MAX_WATCH_RETRIES):
+            with self.redis.pipeline() as pipe:
+                try:
+                    # WATCH the queue: if any job is enqueued or taken between our count and our EXEC,
+                    # the transaction is dropped and we count again.
+                    pipe.watch(self.queue.key)
+                    if admit is not None:
+                        admit(cast(int, pipe.llen(self.queue.key)))
+                    pipe.multi()  # RQ would switch to MULTI itself; it must happen before our commands
+                    pipe.hset(jobs.video_key(video_id), mapping=_encode(record))
+                    pipe.zadd(jobs.VIDEOS_INDEX_KEY, {video_id: score})
+                    pipe.zadd(jobs.owner_index_key(owner), {video_id: score})
+                    if idempotency_slot is not None:
+                        pipe.expire(idempotency_slot, IDEMPOTENCY_TTL_S)
+                    self.queue.enqueue_call(
+                        jobs.GENERATE_FUNCTION,
+                        args=(video_id,),
+                        job_id=video_id,
+                        timeout=job_timeout_s,
+                        result_ttl=result_ttl_s,
+                        failure_ttl=result_ttl_s,
+                        # Retry is what makes RQ requeue a job abandoned by a dead worker, not fail it.
+                        retry=Retry(max=retries) if retries else None,
+                        pipeline=pipe,
+                    )
+                    pipe.execute()
+                    return record
+                except WatchError:
+                    continue
+        raise BackendUnavailable(
+            "The queue is too busy to take this video right now; try again.", code="queue_busy"
+        )
 
     def get(self, video_id: str, owner: str | None = None) -> Record:
         """The record; another owner's video is as unknown as one that does not exist."""
@@ -106,7 +136,11 @@ class VideoStore:
         if after is not None:
             rank = self.redis.zrevrank(index, after) if descending else self.redis.zrank(index, after)
             if rank is None:
-                raise VideoNotFound(after)
+                raise InvalidRequest(
+                    "'after' names no video of yours (it may have been deleted or expired).",
+                    param="after",
+                    code="invalid_cursor",
+                )
             start = cast(int, rank) + 1
         fetch = self.redis.zrevrange if descending else self.redis.zrange
         page = cast(list[bytes], fetch(index, start, start + limit))
@@ -139,39 +173,62 @@ class VideoStore:
         return self.get(video_id)
 
     def delete(self, video_id: str, owner: str | None = None) -> Record:
-        """Remove the record; a queued job is cancelled, a running one is told to stop at its next step."""
+        """Remove the record and everything kept for it (its RQ job, its Idempotency-Key claim); a queued
+        job is cancelled, a running one is told to stop at its next step (RQ's result TTL then ends it)."""
         record = self.get(video_id, owner)
-        self._cancel_queued_job(video_id)
+        job = self._job(video_id)
+        running = job is not None and job.get_status(refresh=False) == JobStatus.STARTED
         with self.redis.pipeline() as pipe:
-            if not VideoStatus(record["status"]).is_terminal:
+            if running:
                 pipe.set(jobs.cancel_key(video_id), "deleted", ex=24 * 3600)
+            else:
+                pipe.delete(jobs.cancel_key(video_id))
             pipe.delete(jobs.video_key(video_id))
             pipe.zrem(jobs.VIDEOS_INDEX_KEY, video_id)
             pipe.zrem(jobs.owner_index_key(record.get("owner", PUBLIC_OWNER)), video_id)
+            if record.get("idempotency_slot"):
+                pipe.delete(record["idempotency_slot"])
             pipe.execute()
+        if job is not None and not running:
+            # Job.delete removes the job hash and its entries in the queue and every registry.
+            job.delete(remove_from_queue=True, delete_dependents=False)
         return record
 
-    def expired_ids(self, ttl_s: float, now: float | None = None, batch: int = 500) -> list[str]:
-        """Videos that ended more than ``ttl_s`` ago (only those created that long ago can have)."""
+    def expired_ids(self, ttl_s: float, now: float | None = None, batch: int = 500) -> Iterator[str]:
+        """Videos that ended more than ``ttl_s`` ago (only those created that long ago can have).
+
+        Every candidate is looked at, ``batch`` at a time: however many old videos have not ended, the
+        ones behind them still expire.
+        """
         now = time.time() if now is None else now
-        candidates = cast(
-            list[bytes],
-            self.redis.zrangebyscore(
-                jobs.VIDEOS_INDEX_KEY, 0, int((now - ttl_s) * 1_000_000), start=0, num=batch
-            ),
-        )
-        expired = []
-        for raw_id in candidates:
-            video_id = raw_id.decode()
-            try:
-                record = self.get(video_id)
-            except VideoNotFound:
-                self.redis.zrem(jobs.VIDEOS_INDEX_KEY, video_id)
-                continue
-            ended = record.get("completed_at")
-            if VideoStatus(record["status"]).is_terminal and ended is not None and ended + ttl_s <= now:
-                expired.append(video_id)
-        return expired
+        newest = int((now - ttl_s) * 1_000_000)
+        lowest = 0
+        seen: set[bytes] = set()
+        while True:
+            page = cast(
+                list[tuple[bytes, float]],
+                self.redis.zrangebyscore(
+                    jobs.VIDEOS_INDEX_KEY, lowest, newest, start=0, num=batch, withscores=True
+                ),
+            )
+            fresh = [raw_id for raw_id, _ in page if raw_id not in seen]
+            if not fresh:
+                return
+            seen.update(fresh)
+            for raw_id in fresh:
+                video_id = raw_id.decode()
+                try:
+                    record = self.get(video_id)
+                except VideoNotFound:
+                    self.redis.zrem(jobs.VIDEOS_INDEX_KEY, video_id)
+                    continue
+                ended = record.get("completed_at")
+                if VideoStatus(record["status"]).is_terminal and ended is not None and ended + ttl_s <= now:
+                    yield video_id
+            if len(page) < batch:
+                return
+            # Resume at the last score seen (inclusive: ids may share it; those seen are skipped).
+            lowest = int(page[-1][1])
 
     def _cancel_queued_job(self, video_id: str) -> bool:
         job = self._job(video_id)
@@ -196,11 +253,10 @@ class VideoStore:
         if job_status in (JobStatus.FAILED, JobStatus.STOPPED):
             if record.get("error"):  # the last attempt said why before giving the job back
                 return VideoStatus.FAILED, record["error"]
-            result = job.latest_result()
+            # RQ's exception text (a worker's traceback) is for the worker's log, not for clients.
             return VideoStatus.FAILED, {
                 "code": "worker_failed",
-                "message": _last_line(result.exc_string if result else None)
-                or "The worker stopped before finishing this video.",
+                "message": "The worker running this video stopped before finishing it (killed or lost).",
             }
         if job_status == JobStatus.CANCELED:
             return VideoStatus.CANCELLED, None
@@ -225,6 +281,15 @@ class VideoStore:
         written = self.redis.eval(_UPDATE_IF_EXISTS, 1, key, *_flatten(_encode(fields)))
         return bool(written)
 
+    def end_if_unchanged(self, video_id: str, expected_status: str, **fields: Any) -> bool:
+        """Write fields (an ending) only while the record still has ``expected_status``: of several
+        processes that see the same lost job, one ends it (and sends its webhook)."""
+        key = jobs.video_key(video_id)
+        written = self.redis.eval(
+            _UPDATE_IF_STATUS, 1, key, json.dumps(expected_status), *_flatten(_encode(fields))
+        )
+        return bool(written)
+
     def cancel_requested(self, video_id: str) -> bool:
         return bool(self.redis.exists(jobs.cancel_key(video_id)))
 
@@ -239,6 +304,13 @@ return 1
 """
 
 
+_UPDATE_IF_STATUS = """
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+
 def _encode(fields: Record) -> dict[Any, Any]:
     return {key: json.dumps(value) for key, value in fields.items()}
 
@@ -249,10 +321,3 @@ def _decode(raw: dict[Any, Any]) -> Record:
 
 def _flatten(mapping: dict[Any, Any]) -> list[str]:
     return [item for pair in mapping.items() for item in pair]
-
-
-def _last_line(text: str | None) -> str | None:
-    if not text:
-        return None
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else None

@@ -9,7 +9,7 @@ thread refreshes the worker's, the execution's and the job's heartbeats while a 
 RQ finds abandoned jobs (a started job whose heartbeat expired) only during worker maintenance, every
 10 minutes. A second thread runs that cleanup every ``reap_interval_s``: a job whose worker was
 killed is back on the queue (jobs are enqueued with ``Retry``) within ``heartbeat_ttl_s +
-reap_interval_s`` of the kill.
+reap_interval_s`` of the kill, or, with no retries left, ends ``failed`` in its video record.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.job import Job
-from rq.registry import StartedJobRegistry
 
-from service import jobs
+from service.cleaner import settle_lost_jobs
+from service.video_store import VideoStore
 
 log = logging.getLogger("wanserve.worker")
 
@@ -34,6 +34,8 @@ log = logging.getLogger("wanserve.worker")
 class WanWorker(SimpleWorker):
     heartbeat_ttl_s: int = 60
     reap_interval_s: float = 10.0
+    result_ttl_s: int | None = None
+    """For the expiry time in the webhook of a video this worker ends because its job was lost."""
     stop_when: Callable[[], bool] = staticmethod(lambda: False)
     """Checked after each job: True ends the work loop (a worker group that can no longer be trusted)."""
 
@@ -84,9 +86,6 @@ class WanWorker(SimpleWorker):
         while not stop.wait(self.reap_interval_s):
             try:
                 for queue in self.queues:
-                    registry = StartedJobRegistry(
-                        queue.name, connection=connection, serializer=jobs.SERIALIZER
-                    )
-                    registry.cleanup()
+                    settle_lost_jobs(VideoStore(connection, queue.name), self.result_ttl_s)
             except RedisError as exc:
                 log.warning("looking for abandoned jobs failed: %s", exc)

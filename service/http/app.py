@@ -50,9 +50,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Text-to-video generation with Wan2.1, OpenAI Videos API compatible.",
         lifespan=lifespan,
+        default_response_class=error_handlers.SafeJSONResponse,
     )
     app.state.context = context
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s
+    )
     error_handlers.install(app)
     app.include_router(videos_router)
 
@@ -65,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             context.redis.ping()
         except RedisError as exc:
-            return JSONResponse({"status": "unavailable", "redis": str(exc)}, status_code=503)
+            # Where Redis lives is the operator's business, not an anonymous prober's: logged, not shown.
+            log.warning("not ready: Redis unavailable (%s)", exc)
+            return JSONResponse({"status": "unavailable", "redis": "unreachable"}, status_code=503)
         return {"status": "ready"}
 
     @app.get("/v1/models", summary="The model this server generates with")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -33,6 +34,14 @@ def error_body(message: str, type_: str, param: str | None, code: str | None) ->
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: text that cannot be encoded as UTF-8 (a lone surrogate in a record
+    stored before such text was refused) still renders, rather than failing every read that carries it."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.WanserveError)
     async def _domain(_: Request, exc: errors.WanserveError) -> JSONResponse:
@@ -42,7 +51,9 @@ def install(app: FastAPI) -> None:
             headers["Retry-After"] = str(exc.retry_after_s)
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
-        return JSONResponse(
+        if status >= 500:
+            log.warning("%s: %s", type(exc).__name__, exc.message)
+        return SafeJSONResponse(
             error_body(exc.message, exc.type, exc.param, exc.code), status_code=status, headers=headers
         )
 
@@ -54,14 +65,14 @@ def install(app: FastAPI) -> None:
         message = (
             f"Invalid '{param}': {first.get('msg', 'invalid value')}." if param else str(first.get("msg"))
         )
-        return JSONResponse(
+        return SafeJSONResponse(
             error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(
+        return SafeJSONResponse(
             error_body(str(exc.detail), "invalid_request_error", None, code),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
@@ -71,7 +82,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RedisTimeoutError)
     async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("Redis unavailable: %s", exc)
-        return JSONResponse(
+        return SafeJSONResponse(
             error_body(
                 "The job store (Redis) is unreachable; try again shortly.",
                 "server_error",
@@ -80,4 +91,13 @@ def install(app: FastAPI) -> None:
             ),
             status_code=503,
             headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette would answer in plain text; the traceback goes to the log, never to the client.
+        log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+        return SafeJSONResponse(
+            error_body("The server failed to handle this request.", "server_error", None, "internal_error"),
+            status_code=500,
         )

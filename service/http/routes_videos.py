@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.admission import IdempotencyConflict, check_queue_length, check_rate
 from service.errors import InvalidRequest, VideoNotFound, VideoNotReady
+from service.http.body_limit import BodyTooLarge, BodyTooSlow
+from service.http.content import StoredFileResponse, etag_matches
 from service.http.context import AppContext, Context, Owner
 from service.jobs import VideoStatus
 from service.notifications import notify_ended
@@ -78,15 +78,17 @@ def _admit_and_create(
     body: dict[str, Any],
     idempotency_key: str | None,
 ) -> Record:
+    settings = context.settings
+    # The rate limit comes first: replaying an Idempotency-Key is a request like any other.
+    check_rate(context.redis, owner, settings.rate_limit_per_minute)
     video_id = new_video_id()
+    slot = None
     if idempotency_key:
         earlier = context.idempotency.claim(owner, idempotency_key, body, video_id)
         if earlier is not None:
-            return _await_record(context, earlier, owner)
-    settings = context.settings
+            return _earlier_record(context, earlier, owner)
+        slot = context.idempotency.slot(owner, idempotency_key)
     try:
-        check_rate(context.redis, owner, settings.rate_limit_per_minute)
-        check_queue_length(context.store.queue.count, settings.max_queue_length)
         return context.store.create(
             params,
             model=model,
@@ -96,6 +98,8 @@ def _admit_and_create(
             retries=settings.job_retries,
             video_id=video_id,
             webhook_url=_webhook_url(create, settings),
+            idempotency_slot=slot,
+            admit=lambda queued: check_queue_length(queued, settings.max_queue_length),
         )
     except BaseException:
         if idempotency_key:  # nothing was created: a retry with this key may try again
@@ -116,20 +120,17 @@ def _webhook_url(create: CreateVideoRequest, settings: Settings) -> str | None:
     return validate_webhook_url(url)
 
 
-def _await_record(context: AppContext, video_id: str, owner: str, wait_s: float = 2.0) -> Record:
-    """The video an earlier request with the same Idempotency-Key created (it may still be writing it)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return context.store.get(video_id, owner)
-        except VideoNotFound:
-            if time.monotonic() > deadline:
-                raise IdempotencyConflict(
-                    "A request with this Idempotency-Key is still being processed; retry shortly.",
-                    param="Idempotency-Key",
-                    code="idempotency_key_in_progress",
-                ) from None
-            time.sleep(0.05)
+def _earlier_record(context: AppContext, video_id: str, owner: str) -> Record:
+    """The video an earlier request with the same Idempotency-Key created; if that request is still
+    writing it, a 409 at once (a request thread never waits for another)."""
+    try:
+        return context.store.get(video_id, owner)
+    except VideoNotFound:
+        raise IdempotencyConflict(
+            "A request with this Idempotency-Key is still being processed; retry shortly.",
+            param="Idempotency-Key",
+            code="idempotency_key_in_progress",
+        ) from None
 
 
 @router.get("/videos", summary="List videos")
@@ -180,10 +181,11 @@ def delete_video(video_id: str, context: Context, owner: Owner) -> dict[str, Any
     return {"id": video_id, "object": "video.deleted", "deleted": True}
 
 
+@router.head("/videos/{video_id}/content", include_in_schema=False)
 @router.get(
     "/videos/{video_id}/content",
-    summary="Download the MP4 (Range and ETag supported), or its thumbnail or spritesheet",
-    response_class=FileResponse,
+    summary="Download the MP4 (Range and ETag supported; HEAD too), or its thumbnail or spritesheet",
+    response_class=StoredFileResponse,
 )
 def download_content(
     video_id: str,
@@ -208,14 +210,13 @@ def download_content(
                 f"No {variant} was stored for video '{video_id}'.", param="variant", code="variant_not_found"
             )
         )
-    digest = (record.get("files") or {}).get(variant)
-    etag = f'"{digest}"' if digest else None
-    if etag and etag in _if_none_match(request):
-        return Response(status_code=304, headers={"ETag": etag})
     headers = {"Cache-Control": "private, max-age=86400"}
-    if etag:
-        headers["ETag"] = etag
-    return FileResponse(path, media_type=VARIANT_FILES[variant][1], headers=headers)
+    digest = (record.get("files") or {}).get(variant)
+    if digest:
+        headers["ETag"] = f'"{digest}"'
+        if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+    return StoredFileResponse(path, media_type=VARIANT_FILES[variant][1], headers=headers)
 
 
 def _view(context: AppContext, record: Record) -> dict[str, Any]:
@@ -229,8 +230,10 @@ async def _read_body(request: Request) -> dict[str, Any]:
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
             form = await request.form()
+        except (BodyTooLarge, BodyTooSlow):
+            raise  # BodyLimitMiddleware answers these (413, 408)
         except Exception as exc:  # malformed multipart from the client
-            raise InvalidRequest(f"Could not parse the form body: {exc}", code="invalid_body") from exc
+            raise InvalidRequest("Could not parse the form body.", code="invalid_body") from exc
         body: dict[str, Any] = {}
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
@@ -251,11 +254,8 @@ async def _read_body(request: Request) -> dict[str, Any]:
         body = json.loads(raw) if raw else {}
     except ValueError as exc:
         raise InvalidRequest(f"The body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError:
+        raise InvalidRequest("The JSON body is nested too deeply.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
     return body
-
-
-def _if_none_match(request: Request) -> list[str]:
-    header = request.headers.get("if-none-match", "")
-    return [tag.strip() for tag in header.split(",") if tag.strip()]
