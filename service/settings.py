@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     api_keys: str | None = Field(default=None, description="Comma-separated API keys; unset: open API.")
     api_keys_file: Path | None = Field(default=None, description="A file of API keys, one per line.")
     webhook_secret: str | None = Field(
-        default=None, description="Signs webhooks (Standard Webhooks; whsec_<base64> or any string)."
+        default=None, description="Signs webhooks (Standard Webhooks): whsec_ + base64 of >= 24 random bytes."
     )
     webhook_url: str | None = Field(default=None, description="Webhook for videos that name none.")
     webhook_allow_private: bool = Field(

@@ -38,7 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         cleaner.start()
         if settings.webhook_secret:
-            sender = WebhookSender(context.redis, settings.webhook_secret)
+            sender = WebhookSender(
+                context.redis, settings.webhook_secret, allow_private=settings.webhook_allow_private
+            )
             threading.Thread(
                 target=sender.run_forever, args=(stop,), name="webhook-sender", daemon=True
             ).start()

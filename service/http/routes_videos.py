@@ -117,7 +117,7 @@ def _webhook_url(create: CreateVideoRequest, settings: Settings) -> str | None:
             param="webhook_url",
             code="webhooks_disabled",
         )
-    return validate_webhook_url(url)
+    return validate_webhook_url(url, allow_private=settings.webhook_allow_private)
 
 
 def _earlier_record(context: AppContext, video_id: str, owner: str) -> Record:

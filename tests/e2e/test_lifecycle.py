@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -12,10 +13,13 @@ import pytest
 from redis import Redis
 
 from tests.e2e.conftest import Processes, answers, free_port, wait_until
+from tests.integration.webhook_receivers import Receiver
+from tests.integration.webhook_receivers import receiver as receiver
 from worker.video import read_mp4
 
 pytestmark = pytest.mark.slow
 
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 LONG_JOB = {"prompt": "a long fox", "size": "128x128", "seconds": 2, "num_inference_steps": 100}
 
 
@@ -81,3 +85,31 @@ def test_a_job_longer_than_its_timeout_fails_clearly_and_the_worker_goes_on(
     quick = {"prompt": "a quick fox", "size": "32x32", "seconds": 1, "num_inference_steps": 1}
     quick_id = httpx.post(f"{base}/v1/videos", json=quick).json()["id"]
     wait_until(lambda: view(base, quick_id)["status"] == "completed", 60, "the next job")
+
+
+def test_a_job_whose_worker_died_with_no_retries_left_ends_failed_in_its_record(
+    processes: Processes, redis: Redis, redis_url: str, fresh_data_dir: Path, receiver: Receiver
+) -> None:
+    base = start_stack(
+        processes,
+        redis_url,
+        fresh_data_dir,
+        workers=1,
+        WANSERVE_JOB_RETRIES="0",
+        WANSERVE_HEARTBEAT_TTL_S="2",
+        WANSERVE_CLEANUP_INTERVAL_S="0.5",
+        WANSERVE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        WANSERVE_WEBHOOK_ALLOW_PRIVATE="1",
+    )
+    video_id = httpx.post(f"{base}/v1/videos", json={**LONG_JOB, "webhook_url": receiver.url}).json()["id"]
+    wait_until(lambda: view(base, video_id)["stage"] == "denoise", 60, "the worker to start denoising")
+    os.kill(int(view(base, video_id)["worker"].split("-")[-2]), signal.SIGKILL)
+
+    # The API alone (no worker is left) notices the lost job and ends it in the record itself.
+    key = f"wanserve:video:{video_id}"
+    wait_until(lambda: redis.hget(key, "status") == b'"failed"', 30, "the record to say failed")
+    ended = view(base, video_id)
+    assert ended["error"]["code"] == "worker_failed"
+    assert ended["completed_at"] is not None and ended["expires_at"] is not None
+    wait_until(lambda: len(receiver.requests) == 1, 30, "the video.failed webhook")
+    assert json.loads(receiver.requests[0][1])["type"] == "video.failed"

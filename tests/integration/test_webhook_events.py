@@ -11,9 +11,9 @@ from redis import Redis
 
 from service.http.app import create_app
 from service.settings import Settings
-from service.webhooks import WebhookSender, verify
-from tests.integration.test_webhooks import Receiver
-from tests.integration.test_webhooks import receiver as receiver
+from service.webhooks import WebhookSender, enqueue_event, verify
+from tests.integration.webhook_receivers import Receiver, Resolver
+from tests.integration.webhook_receivers import receiver as receiver
 from worker.main import make_worker
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -22,7 +22,8 @@ BODY = {"prompt": "a red fox", "seconds": 1, "size": "32x32", "num_inference_ste
 
 @pytest.fixture
 def hooked(settings: Settings) -> Settings:
-    return settings.model_copy(update={"webhook_secret": SECRET})
+    """Webhooks on, to receivers on this machine (WANSERVE_WEBHOOK_ALLOW_PRIVATE=1)."""
+    return settings.model_copy(update={"webhook_secret": SECRET, "webhook_allow_private": True})
 
 
 def events(receiver: Receiver) -> list[dict]:
@@ -49,7 +50,9 @@ def test_completed_failed_and_cancelled_videos_call_their_webhooks(
     failed = client.post("/v1/videos", json={**BODY, "webhook_url": receiver.url}).json()["id"]
     make_worker(failing, engine, redis).work(burst=True, with_scheduler=False)
 
-    assert WebhookSender(redis, SECRET).run_once() == 3
+    sender = WebhookSender(redis, SECRET, allow_private=hooked.webhook_allow_private)
+    assert sender.run_once() == 3
+    sender.close()
     received = {event["data"]["id"]: event for event in events(receiver)}
     assert set(received) == {done, queued, failed}, "no webhook for the video that named none"
     assert silent not in received
@@ -68,3 +71,67 @@ def test_a_server_default_webhook_and_its_validation(hooked: Settings, settings:
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_webhook_url")
     off = TestClient(create_app(settings)).post("/v1/videos", json={**BODY, "webhook_url": receiver.url})
     assert (off.status_code, off.json()["error"]["code"]) == (400, "webhooks_disabled")
+
+
+INTERNAL = [
+    "http://127.0.0.1:8000/hook",
+    "http://[::1]/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://0x7f000001/hook",
+    "http://2130706433/hook",
+    "http://0177.0.0.1/hook",
+    "http://127.1/hook",
+    "http://0.0.0.0/hook",
+    "http://[::]/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://10.0.0.1/hook",
+    "http://172.16.0.1/hook",
+    "http://192.168.0.1/hook",
+    "http://100.64.0.1/hook",
+    "http://[fc00::1]/hook",
+    "http://[fe80::1]/hook",
+    "http://[64:ff9b::a9fe:a9fe]/hook",
+    "http://localhost:8000/hook",
+    "http://api.localhost/hook",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://metadata/hook",
+    "http://printer.local/hook",
+]
+
+
+def test_the_api_refuses_internal_webhook_urls(settings: Settings) -> None:
+    client = TestClient(create_app(settings.model_copy(update={"webhook_secret": SECRET})))
+    for url in INTERNAL:
+        answer = client.post("/v1/videos", json={**BODY, "webhook_url": url})
+        error = answer.json()["error"]
+        assert answer.status_code == 400, url
+        assert (error["code"], error["param"]) == ("invalid_webhook_url", "webhook_url")
+    assert client.get("/v1/videos").json()["data"] == []
+
+
+def test_the_api_refuses_an_internal_server_default_webhook(settings: Settings) -> None:
+    update = {"webhook_secret": SECRET, "webhook_url": "http://169.254.169.254/latest/meta-data/"}
+    answer = TestClient(create_app(settings.model_copy(update=update))).post("/v1/videos", json=BODY)
+    assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_webhook_url")
+
+
+def test_the_operator_setting_allows_internal_receivers_end_to_end(
+    hooked: Settings, redis: Redis, receiver: Receiver
+) -> None:
+    client = TestClient(create_app(hooked))
+    video = client.post("/v1/videos", json={**BODY, "webhook_url": receiver.url}).json()["id"]
+    client.post(f"/v1/videos/{video}/cancel")
+    # A name the injected resolver maps to the receiver: checked after DNS, and allowed by the setting.
+    named = f"http://hooks.wanserve.test:{receiver.port}/named"
+    named_id = enqueue_event(redis, named, "video.completed", {"id": "video_named"})
+    sender = WebhookSender(redis, SECRET, allow_private=True, resolver=Resolver("127.0.0.1"))
+    assert sender.run_once() == 2
+    sender.close()
+    assert {event["data"]["id"] for event in events(receiver)} == {video, "video_named"}
+    assert named_id in {headers["webhook-id"] for headers, _ in receiver.requests}
+
+
+def test_the_api_refuses_to_start_with_a_secret_verifiers_would_reject(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"webhook_secret": "a plain shared secret"}))
+    with pytest.raises(ValueError, match="WANSERVE_WEBHOOK_SECRET"), TestClient(app):
+        pass
