@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import resource
 import sys
+from typing import Any
 
 import torch
 
@@ -51,16 +52,26 @@ def select_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(_DTYPES)}") from None
 
 
+def _accelerator(device: torch.device) -> Any | None:
+    """The torch module of an accelerator device, or None on the CPU: ``torch.cuda``, or ``torch.npu`` once
+    torch_npu has registered it; both have the same memory statistics, so one code path serves every kind."""
+    if device.type == "cpu":
+        return None
+    return getattr(torch, device.type)
+
+
 def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    """Start a job's peak-memory measurement (on accelerators; the CPU's peak RSS cannot be reset)."""
+    module = _accelerator(device)
+    if module is not None:
+        module.reset_peak_memory_stats(device)
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak device memory of the last job on accelerators; the process's peak RSS on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    if device.type == "npu":
-        return torch.npu.max_memory_allocated(device) / 2**20  # type: ignore[attr-defined]
+    """Peak device memory since the last ``reset_peak_memory`` on accelerators; the process's peak RSS on
+    the CPU."""
+    module = _accelerator(device)
+    if module is not None:
+        return float(module.max_memory_allocated(device)) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024

@@ -4,6 +4,11 @@ We run diffusers' components (text encoder, transformer, scheduler, VAE) in our 
 ``WanPipeline.__call__`` so that every stage is timed, progress is reported every step, and a cancel
 stops at a step boundary without decoding. The loop follows ``WanPipeline.__call__`` step for step; a
 test checks that both give the same frames.
+
+In a worker group only the leader runs the job's callbacks (progress, stage, cancel check), and only it
+knows the job's deadline. Whatever the leader decides or suffers there becomes a verdict that every rank
+takes at the same step boundary: a callback that raises is held until the next boundary, so the leader
+never leaves the loop while the other ranks wait for it in a collective.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +38,25 @@ StepCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
 
 
+class GenerationAborted(RuntimeError):
+    """Every rank stopped the job at the same step boundary because of the leader: one of the job's
+    callbacks failed there (the leader chains it as ``__cause__``), or the job's deadline passed."""
+
+    def __init__(self, message: str, code: str = "generation_failed") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The leader's decision at a step boundary, taken by every rank; None (no verdict) means go on."""
+
+    action: Literal["cancel", "abort"]
+    message: str
+    code: str = "generation_failed"
+
+
 class Engine(Protocol):
     """What a job needs of a model: ``WanEngine`` in one process, ``GroupLeader`` over a worker group."""
 
@@ -48,6 +72,7 @@ class Engine(Protocol):
         on_stage: StageCallback | None = None,
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
+        deadline: float | None = None,
     ) -> GenerationResult: ...
 
 
@@ -60,6 +85,66 @@ class GenerationResult:
     cache: dict[str, Any] | None = None
     """The feature cache this request ran with (method, preset, resolved config) and its work: transformer
     passes and blocks computed vs skipped, over every branch of the group (None before denoising)."""
+
+
+@dataclass
+class Denoised:
+    """What the ranks of a group compute together: the final latents and the request's report so far."""
+
+    latents: torch.Tensor
+    timings: dict[str, float]
+    cache: dict[str, Any]
+
+
+class _JobCallbacks:
+    """The job's callbacks, as the leader runs them: an error is held, not raised, and becomes the verdict
+    of the next step boundary (with the deadline and the cancel check)."""
+
+    def __init__(
+        self,
+        on_stage: StageCallback | None,
+        on_step: StepCallback | None,
+        should_stop: StopCheck | None,
+        deadline: float | None,
+    ) -> None:
+        self.on_stage = on_stage
+        self.on_step = on_step
+        self.should_stop = should_stop
+        self.deadline = deadline
+        self.error: Exception | None = None
+
+    def stage(self, stage: Stage) -> None:
+        if self.on_stage is not None:
+            self._call(self.on_stage, stage)
+
+    def step(self, done: int, total: int) -> None:
+        if self.on_step is not None:
+            self._call(self.on_step, done, total)
+
+    def verdict(self, step: int, total: int) -> Verdict | None:
+        """The decision before denoising step ``step + 1`` of ``total`` (``step == total``: after the end)."""
+        where = f"before denoising step {step + 1} of {total}" if step < total else "before decoding"
+        if self.error is None and self.should_stop is not None:
+            try:
+                if self.should_stop():
+                    return Verdict("cancel", f"Cancelled {where}.")
+            except Exception as exc:
+                self.error = exc
+        if self.error is not None:
+            failed = type(self.error).__name__
+            return Verdict("abort", f"The leader's job callback failed ({failed}); stopped {where}.")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return Verdict("abort", f"The job's time limit passed; stopped {where}.", code="job_timeout")
+        return None
+
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
+        if self.error is not None:
+            return  # the job is already lost; its verdict comes at the next boundary
+        try:
+            callback(*args)
+        except Exception as exc:  # JobTimeoutException included: RQ's backstop may ring in here
+            log.warning("job callback failed; the job stops at the next step boundary: %r", exc)
+            self.error = exc
 
 
 class WanEngine:
@@ -93,7 +178,7 @@ class WanEngine:
         model_name: str | None = None,
         parallel: ParallelRuntime | None = None,
     ) -> WanEngine:
-        from diffusers import WanPipeline
+        from diffusers import AutoencoderKLWan, WanPipeline
 
         started = time.perf_counter()
         profile = profile_for_folder(folder, model_name)
@@ -101,11 +186,11 @@ class WanEngine:
             parallel.layout.check_heads(profile.num_attention_heads)  # before minutes of weight loading
         target = parallel.device if parallel is not None else devices.select_device(device)
         torch_dtype = devices.select_dtype(dtype, target)
-        pipe = WanPipeline.from_pretrained(str(folder), dtype=torch_dtype).to(target)
+        # The VAE is loaded and decodes in float32, as in Wan2.1's recipe and diffusers' Wan examples:
+        # bf16 decoding bands visibly, and loading it in bf16 then casting up would round its weights.
+        vae = AutoencoderKLWan.from_pretrained(str(folder), subfolder="vae", dtype=torch.float32)
+        pipe = WanPipeline.from_pretrained(str(folder), vae=vae, dtype=torch_dtype).to(target)
         pipe.set_progress_bar_config(disable=True)
-        if torch_dtype != torch.float32:
-            # The VAE decodes in float32 as in diffusers' Wan examples: bf16 decoding bands visibly.
-            pipe.vae.to(torch.float32)
         if target.type == "npu":
             # Ascend's fused attention kernel (torch_npu.npu_fusion_attention) through diffusers.
             pipe.transformer.set_attention_backend("_native_npu")
@@ -134,7 +219,6 @@ class WanEngine:
             "device": self.device.type,
         }
 
-    @torch.inference_mode()
     def generate(
         self,
         params: GenerationParams,
@@ -142,47 +226,86 @@ class WanEngine:
         on_stage: StageCallback | None = None,
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
+        deadline: float | None = None,
     ) -> GenerationResult:
-        """Generate one video.
+        """Generate one video: :meth:`denoise`, then :meth:`decode` on the leader.
 
         Args:
             params: fully resolved request parameters (identical on every rank of a group).
             on_stage: called when a stage starts.
             on_step: called after each denoising step with (steps done, total steps).
-            should_stop: polled before each step (on the leader); True raises ``GenerationCancelled``
-                on every rank at the same step.
+            should_stop: polled at each step boundary (on the leader); True raises ``GenerationCancelled``
+                on every rank at the same boundary.
+            deadline: a ``time.monotonic()`` time; once passed, the next step boundary raises
+                ``GenerationAborted`` (code ``job_timeout``) on every rank.
 
         Returns:
             The decoded frames (None on followers), the seconds spent in each stage, and the cache report.
 
         Raises:
             InvalidRequest: If ``params.cache`` does not fit the model (``block_end`` beyond its blocks).
+            GenerationCancelled: If ``should_stop`` said so.
+            GenerationAborted: If a callback raised (chained as its cause) or the deadline passed.
         """
+        denoised = self.denoise(
+            params, on_stage=on_stage, on_step=on_step, should_stop=should_stop, deadline=deadline
+        )
+        if not self._leads:
+            peak = devices.peak_memory_mb(self.device)
+            return GenerationResult(None, denoised.timings, peak, denoised.cache)
+        return self.decode(denoised, on_stage=on_stage)
+
+    @torch.inference_mode()
+    def denoise(
+        self,
+        params: GenerationParams,
+        *,
+        on_stage: StageCallback | None = None,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+        deadline: float | None = None,
+    ) -> Denoised:
+        """The part of :meth:`generate` that every rank of a group runs together, up to its last collective.
+
+        A callback that raises does not raise here at once: the error stops every rank at the next step
+        boundary (the boundary after the last step included) as ``GenerationAborted``, its cause chained
+        on the leader. Arguments and errors are those of :meth:`generate`.
+        """
+        callbacks = _JobCallbacks(on_stage, on_step, should_stop, deadline)
         cache_config, cache_report = self._cache_for(params)
         timings: dict[str, float] = {}
         devices.reset_peak_memory(self.device)
         passes = self._passes(use_cfg=params.guidance_scale > 1.0)
 
-        def enter(stage: Stage) -> None:
-            if on_stage is not None:
-                on_stage(stage)
-
-        enter(Stage.TEXT_ENCODE)
+        callbacks.stage(Stage.TEXT_ENCODE)
         with _timed(timings, "text_encode_s"):
             texts = {"cond": params.prompt, "uncond": params.negative_prompt}
             embeds = {name: self._encode(texts[name]) for name in passes}
 
-        enter(Stage.DENOISE)
+        callbacks.stage(Stage.DENOISE)
         with _timed(timings, "denoise_s"):
-            latents, cache_counts = self._denoise(params, embeds, on_step, should_stop, cache_config)
+            latents, cache_counts = self._denoise(params, embeds, callbacks, cache_config)
         cache_report.update(self._group_cache_counts(cache_counts, use_cfg=params.guidance_scale > 1.0))
+        return Denoised(latents, timings, cache_report)
 
-        frames = None
-        if self.parallel is None or self.parallel.is_leader:
-            enter(Stage.VAE_DECODE)
-            with _timed(timings, "vae_decode_s"):
-                frames = self._decode(latents)
-        return GenerationResult(frames, timings, devices.peak_memory_mb(self.device), cache_report)
+    @torch.inference_mode()
+    def decode(self, denoised: Denoised, *, on_stage: StageCallback | None = None) -> GenerationResult:
+        """The leader's part of :meth:`generate`, after the group's last collective: latents to frames.
+
+        A failure here (out of memory in the VAE, say) is this job's failure alone: the other ranks have
+        already moved on.
+        """
+        timings = dict(denoised.timings)
+        if on_stage is not None:
+            on_stage(Stage.VAE_DECODE)
+        with _timed(timings, "vae_decode_s"):
+            frames = self._decode(denoised.latents)
+        return GenerationResult(frames, timings, devices.peak_memory_mb(self.device), denoised.cache)
+
+    @property
+    def _leads(self) -> bool:
+        """Whether this rank runs the job's callbacks and decodes: the leader, or a lone process."""
+        return self.parallel is None or self.parallel.is_leader
 
     def _cache_for(self, params: GenerationParams) -> tuple[Any, dict[str, Any]]:
         """The request's cache config sized to this transformer, and its description."""
@@ -236,8 +359,7 @@ class WanEngine:
         self,
         params: GenerationParams,
         embeds: dict[str, torch.Tensor],
-        on_step: StepCallback | None,
-        should_stop: StopCheck | None,
+        callbacks: _JobCallbacks,
         cache_config: Any = None,
     ) -> tuple[torch.Tensor, dict[str, int]]:
         from worker.cache import block_cache_stats, has_block_cache, set_block_cache
@@ -263,8 +385,7 @@ class WanEngine:
         set_block_cache(transformer, cache_config, num_steps=len(timesteps))
         try:
             for i, t in enumerate(timesteps):
-                if self._stop_requested(should_stop):
-                    raise GenerationCancelled(f"Cancelled before denoising step {i + 1} of {len(timesteps)}.")
+                self._take_verdict(callbacks, i, len(timesteps))
                 model_input = latents.to(self.dtype)
                 timestep = t.expand(latents.shape[0])
                 context = {
@@ -285,8 +406,10 @@ class WanEngine:
                     self._guided(predictions, params.guidance_scale) if use_cfg else predictions["cond"]
                 )
                 latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-                if on_step is not None:
-                    on_step(i + 1, len(timesteps))
+                callbacks.step(i + 1, len(timesteps))
+            # A last boundary: a callback that failed at the last step, or a deadline passed during it,
+            # stops the job before the leader decodes.
+            self._take_verdict(callbacks, len(timesteps), len(timesteps))
             counts = block_cache_stats(transformer)
         finally:
             # Stateful hooks (feature caches) must not leak one request's state into the next, and the
@@ -304,9 +427,16 @@ class WanEngine:
             cond, uncond = predictions["cond"], predictions["uncond"]
         return uncond + guidance_scale * (cond - uncond)
 
-    def _stop_requested(self, should_stop: StopCheck | None) -> bool:
-        local = should_stop() if should_stop is not None else False
-        return self.parallel.agree(local) if self.parallel is not None else local
+    def _take_verdict(self, callbacks: _JobCallbacks, step: int, total: int) -> None:
+        """Every rank takes the leader's verdict at this step boundary: go on, cancel or abort."""
+        verdict = callbacks.verdict(step, total) if self._leads else None
+        if self.parallel is not None:
+            verdict = self.parallel.agree(verdict)
+        if verdict is None:
+            return
+        if verdict.action == "cancel":
+            raise GenerationCancelled(verdict.message)
+        raise GenerationAborted(verdict.message, verdict.code) from callbacks.error
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae

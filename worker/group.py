@@ -1,11 +1,14 @@
 """One rank of a worker group, as launched by torchrun (``python -m worker.group``).
 
 Rank 0 (the leader) runs the RQ worker. For each job it broadcasts the parameters over the control
-plane, runs its share of the generation, then gathers every rank's outcome. The other ranks (the
+plane, runs its share of the denoising, then gathers every rank's outcome. The other ranks (the
 followers) wait for commands and run their share. Outcomes decide whether the group can go on: the
-same outcome everywhere (success, or the same error with the same message, a cancel included) leaves
-it healthy; anything else leaves it in doubt, and every rank exits non-zero so that the orchestrator
-restarts it.
+same outcome everywhere (success, or the same error with the same message: a cancel, or an abort the
+leader decided at a step boundary) leaves it healthy; anything else leaves it in doubt, and every rank
+exits non-zero so that the orchestrator restarts it.
+
+Only then, once the ranks agreed, does the leader decode the video alone: a failure there (out of memory
+in the VAE, say) is that job's failure, not the group's.
 """
 
 from __future__ import annotations
@@ -20,9 +23,18 @@ from typing import Any
 
 from redis import Redis
 
+from service.errors import GenerationCancelled
 from service.schemas import GenerationParams
 from service.settings import Settings
-from worker.engine import GenerationResult, StageCallback, StepCallback, StopCheck, WanEngine
+from worker.engine import (
+    Denoised,
+    GenerationAborted,
+    GenerationResult,
+    StageCallback,
+    StepCallback,
+    StopCheck,
+    WanEngine,
+)
 from worker.main import load_engine, serve
 from worker.parallel import ParallelLayout, ParallelRuntime, init_parallel, shutdown_parallel
 
@@ -83,16 +95,26 @@ class GroupLeader:
         on_stage: StageCallback | None = None,
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
+        deadline: float | None = None,
     ) -> GenerationResult:
+        """``WanEngine.generate`` over the group: every rank denoises, then the leader decodes.
+
+        Raises:
+            GroupFailed: a rank failed on its own, or did not arrive: the group is in doubt and restarts.
+            Exception: what every rank raised alike (a cancel, an abort, an invalid request), or the
+                leader's own failure while decoding.
+        """
         if self.in_doubt:
             raise GroupFailed("This worker group is restarting after a failure; the job will be retried.")
         with self._lock:
             self._busy = True
             self.runtime.broadcast({"op": "generate", "params": params.to_json()})
-        result: GenerationResult | None = None
+        denoised: Denoised | None = None
         error: Exception | None = None
         try:
-            result = self.engine.generate(params, on_stage=on_stage, on_step=on_step, should_stop=should_stop)
+            denoised = self.engine.denoise(
+                params, on_stage=on_stage, on_step=on_step, should_stop=should_stop, deadline=deadline
+            )
         except Exception as exc:
             error = exc
         try:
@@ -101,16 +123,16 @@ class GroupLeader:
             self.in_doubt = True
             raise GroupFailed(f"The worker group lost a rank: {exc}") from error
         finally:
-            self._busy = False
+            self._busy = False  # the followers wait for the next command: keep-alives may flow again
         self.in_doubt = group_in_doubt(outcomes)
-        failures = [(rank, outcome) for rank, outcome in enumerate(outcomes) if outcome]
-        if error is not None and not self.in_doubt:
-            raise error  # every rank failed the same way (a cancel, say): the group is fine
-        if failures:
+        if self.in_doubt:
+            failures = [(rank, outcome) for rank, outcome in enumerate(outcomes) if outcome]
             summary = "; ".join(f"rank {rank}: {kind}: {message}" for rank, (kind, message) in failures)
-            raise GroupFailed(summary)
-        assert result is not None
-        return result
+            raise GroupFailed(summary) from error
+        if error is not None:
+            raise error  # every rank stopped the same way (a cancel, an abort): the group is fine
+        assert denoised is not None
+        return self.engine.decode(denoised, on_stage=on_stage)
 
     def _keep_alive(self) -> None:
         # NCCL/HCCL watchdogs and the control group's timeout end collectives that wait too long:
@@ -137,7 +159,10 @@ def follow(runtime: ParallelRuntime, engine: WanEngine) -> int:
         params = GenerationParams.from_json(command["params"])
         error: Exception | None = None
         try:
-            engine.generate(params)
+            engine.denoise(params)
+        except (GenerationCancelled, GenerationAborted) as exc:
+            log.info("rank %d stopped with the group: %s", runtime.rank, exc)
+            error = exc
         except Exception as exc:
             log.exception("rank %d failed", runtime.rank)
             error = exc

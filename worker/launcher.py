@@ -15,7 +15,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -31,7 +33,10 @@ log = logging.getLogger("wanserve.worker")
 
 _PR_SET_PDEATHSIG = 1
 MAX_RESTARTS = 3
-"""How often a group that exited in doubt is started again before the launcher gives up."""
+"""How often a group that exited in doubt is started again within RESTART_WINDOW_S; one more exit in
+that window and the launcher gives up (exits non-zero, for the orchestrator to replace the replica)."""
+RESTART_WINDOW_S = 600.0
+"""Restarts older than this no longer count: a replica that fails now and then lives on."""
 
 GROUP_ENTRY = ("-m", "worker.group")
 
@@ -47,6 +52,31 @@ def _terminate_with_parent() -> None:
     """In the torchrun child: SIGTERM it (it then stops its ranks) when the launcher dies, even by SIGKILL."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class RestartBudget:
+    """At most ``limit`` restarts in any ``window_s`` seconds (a sliding window)."""
+
+    def __init__(
+        self,
+        limit: int = MAX_RESTARTS,
+        window_s: float = RESTART_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.clock = clock
+        self._restarts: deque[float] = deque()
+
+    def allow(self) -> bool:
+        """Whether one more restart is within the budget now; if so it is counted."""
+        now = self.clock()
+        while self._restarts and now - self._restarts[0] >= self.window_s:
+            self._restarts.popleft()
+        if len(self._restarts) >= self.limit:
+            return False
+        self._restarts.append(now)
+        return True
 
 
 class GroupLauncher:
@@ -77,13 +107,17 @@ class GroupLauncher:
         self.stopping = False
         self.group: subprocess.Popen[bytes] | None = None
         self.leader_name = ""
+        self.restarts = RestartBudget()
 
     def run(self) -> int:
-        """Run the group until it stops by request or fails MAX_RESTARTS + 1 times; returns its exit code."""
+        """Run the group until it stops by request or exits in doubt more often than ``self.restarts``
+        allows (MAX_RESTARTS within RESTART_WINDOW_S); returns its exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        for attempt in range(MAX_RESTARTS + 1):
-            self.leader_name = f"{self.name}-r{attempt}"
+        incarnation = 0
+        while True:
+            self.leader_name = f"{self.name}-r{incarnation}"
+            incarnation += 1
             self.group = subprocess.Popen(
                 self.command,
                 env={**self.env, "WANSERVE_WORKER_NAME": self.leader_name},
@@ -95,8 +129,14 @@ class GroupLauncher:
             if code == 0 or self.stopping:
                 return code
             log.error("worker group %s exited with %d", self.leader_name, code)
-        log.error("worker group %s failed %d times; giving up", self.name, MAX_RESTARTS + 1)
-        return code
+            if not self.restarts.allow():
+                log.error(
+                    "worker group %s was restarted %d times within %.0f s; giving up",
+                    self.name,
+                    self.restarts.limit,
+                    self.restarts.window_s,
+                )
+                return code
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.group is None:

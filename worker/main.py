@@ -66,6 +66,7 @@ def make_worker(settings: Settings, engine: Engine, redis: Redis, name: str | No
     )
     worker.heartbeat_ttl_s = settings.heartbeat_ttl_s
     worker.reap_interval_s = settings.reap_interval_s
+    worker.result_ttl_s = settings.result_ttl_s
     return worker
 
 

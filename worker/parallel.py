@@ -77,11 +77,17 @@ class ParallelRuntime:
     def cfg_rank(self) -> int:
         return int(self.mesh.get_local_rank("cfg"))
 
-    def agree(self, leader_value: bool) -> bool:
-        """The leader's decision (a cancel, say), taken by every rank at the same point of the loop."""
-        flag = torch.tensor([int(leader_value)], dtype=torch.int32)
+    def agree(self, decision: Any) -> Any:
+        """The leader's decision (a cancel, an abort), taken by every rank at the same point of the loop.
+
+        Followers pass anything (it is ignored). None, the usual "go on", costs one small broadcast; any
+        other decision is then sent whole.
+        """
+        flag = torch.tensor([int(decision is not None)], dtype=torch.int32)
         dist.broadcast(flag, src=0, group=self.control)
-        return bool(flag.item())
+        if not flag.item():
+            return None
+        return self.broadcast(decision if self.is_leader else None)
 
     def cfg_gather(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exchange this rank's half of classifier-free guidance; returns (conditional, unconditional)."""

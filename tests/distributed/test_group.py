@@ -19,6 +19,7 @@ from service import jobs
 from service.http.app import create_app
 from service.settings import Settings
 from tests.e2e.conftest import wait_until
+from worker.job_runner import denoise_progress
 
 pytestmark = pytest.mark.slow
 
@@ -159,8 +160,11 @@ def test_a_rank_failing_mid_step_restarts_the_group_and_retries_the_job(
     group = start_group(entry=faulty(ulysses=2, cfg=1), WANSERVE_DIST_TIMEOUT_S="5")
     video = wait_for(client, submit(client, "fail on rank 1"), finished, timeout=180)
     assert video["status"] == "failed", group.log
-    assert video["error"]["code"] == "worker_group_failed"
-    assert "rank 1: RuntimeError: injected failure on rank 1" in video["error"]["message"]
+    assert video["error"] == {
+        "code": "worker_group_failed",
+        "message": "The worker group failed while generating this video.",
+    }
+    assert "rank 1: RuntimeError: injected failure on rank 1" in group.log, "the details are logged"
     assert video["worker"].endswith("-r1"), "the retry ran on the restarted group, and failed again"
 
     after_restart = wait_for(client, submit(client), finished)
@@ -169,11 +173,53 @@ def test_a_rank_failing_mid_step_restarts_the_group_and_retries_the_job(
     assert "rank 1 exiting with 3" in group.log and "rank 0 exiting with 3" in group.log
 
 
+def test_failures_of_the_leader_alone_fail_their_job_and_the_same_group_goes_on(
+    client, settings, start_group
+) -> None:
+    # A regression would leave the ranks out of step: they would wait out the 2 x 10 s control timeout.
+    group = start_group(entry=faulty(ulysses=2, cfg=1), WANSERVE_DIST_TIMEOUT_S="10")
+
+    # The leader's progress write fails at step 2: every rank stops at the next step boundary.
+    submitted = time.monotonic()
+    progress = wait_for(client, submit(client, "fail progress"), finished, timeout=60)
+    assert time.monotonic() - submitted < 15, "ended by the group's verdict, not by a collective's timeout"
+    assert progress["status"] == "failed", group.log
+    assert progress["error"] == {
+        "code": "generation_failed",
+        "message": "The video could not be generated because of an internal error in the worker.",
+    }
+    assert progress["progress"] == denoise_progress(2, 4), "stopped at the boundary after step 2"
+    assert "injected: lost the connection to Redis" in group.log, "the cause is logged"
+
+    # The leader runs out of memory decoding, after the last collective: the job's failure alone.
+    decode = wait_for(client, submit(client, "fail decode"), finished, timeout=60)
+    assert decode["status"] == "failed", group.log
+    assert decode["error"]["code"] == "out_of_memory"
+    assert "/srv/secret" not in decode["error"]["message"]
+    assert "injected: out of memory decoding with /srv/secret" in group.log
+
+    # The job's time limit is enforced at a step boundary that every rank takes.
+    settings.job_timeout_s = 2
+    timed_out = wait_for(client, submit(client, **LONG_JOB), finished, timeout=60)
+    settings.job_timeout_s = 3600
+    assert timed_out["status"] == "failed", group.log
+    assert timed_out["error"]["code"] == "job_timeout"
+    assert timed_out["stage"] == "denoise" and timed_out["progress"] < 90
+
+    after = wait_for(client, submit(client), finished)
+    assert after["status"] == "completed", group.log
+    worker = progress["worker"]
+    assert worker.endswith("-r0") and decode["worker"] == timed_out["worker"] == after["worker"] == worker
+    assert "exiting with 3" not in group.log, "no rank left the group"
+    assert group.process.poll() is None
+
+
 def test_the_same_failure_on_every_rank_leaves_the_group_serving(client, start_group) -> None:
     group = start_group(entry=faulty(ulysses=1, cfg=2))
     video = wait_for(client, submit(client, "fail everywhere"), finished)
     assert video["status"] == "failed"
-    assert "injected failure on every rank" in video["error"]["message"]
+    assert video["error"]["code"] == "generation_failed"
+    assert "injected failure on every rank" in group.log, "the client gets a summary, the log the text"
     assert wait_for(client, submit(client), finished)["status"] == "completed"
     assert group.process.poll() is None
 

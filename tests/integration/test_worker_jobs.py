@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from service.http.app import create_app
 from service.settings import Settings
 from service.storage import LocalStorage
 from service.video_store import VideoStore
+from worker.engine import GenerationAborted
 from worker.job_runner import VideoJob, denoise_progress
 from worker.main import make_worker
 from worker.video import read_mp4
@@ -34,6 +36,13 @@ def submit(client: TestClient, **body: Any) -> str:
 
 def run_worker_until_idle(settings: Settings, engine, redis: Redis) -> None:
     make_worker(settings, engine, redis).work(burst=True, with_scheduler=False)
+
+
+def take_job(redis: Redis, settings: Settings, video_id: str) -> None:
+    """What a worker does to the RQ job when it starts running it (the API tells running from queued)."""
+    job = Job.fetch(video_id, connection=redis, serializer=jobs.SERIALIZER)
+    VideoStore(redis, settings.queue).queue.remove(job)
+    job.set_status(JobStatus.STARTED)
 
 
 class RecordingStore(VideoStore):
@@ -119,6 +128,7 @@ def test_a_failing_job_ends_failed_and_the_worker_takes_the_next(
     assert failed["status"] == "failed"
     assert failed["error"]["code"] == "storage_error"
     assert "Cannot write to storage" in failed["error"]["message"]
+    assert str(tmp_path) not in failed["error"]["message"], "no paths for clients"
     # Recorded, not raised: RQ must not retry a job that failed for a reason of its own.
     assert Job.fetch(first, connection=redis, serializer=jobs.SERIALIZER).get_status() == JobStatus.FINISHED
     assert client.get(f"/v1/videos/{second}").json()["status"] == "completed"
@@ -144,9 +154,7 @@ def test_a_cancel_stops_a_running_job_at_a_step_boundary(client, settings, engin
 
 def test_the_cancel_endpoint_stops_a_running_video(client, settings, engine, redis) -> None:
     video_id = submit(client, num_inference_steps=8)
-    job = Job.fetch(video_id, connection=redis, serializer=jobs.SERIALIZER)
-    VideoStore(redis, settings.queue).queue.remove(job)  # as a worker does when it takes the job
-    job.set_status(JobStatus.STARTED)
+    take_job(redis, settings, video_id)
     responses = []
     store = RecordingStore(
         redis,
@@ -163,6 +171,7 @@ def test_the_cancel_endpoint_stops_a_running_video(client, settings, engine, red
 
 def test_deleting_a_running_video_stops_it_and_leaves_nothing(client, settings, engine, redis) -> None:
     video_id = submit(client, num_inference_steps=8)
+    take_job(redis, settings, video_id)
     store = RecordingStore(
         redis,
         settings.queue,
@@ -205,3 +214,47 @@ def test_a_video_deleted_between_dequeue_and_start_is_skipped(client, settings, 
         "status": "deleted"
     }
     assert not redis.exists(jobs.video_key(video_id))
+
+
+def test_a_failure_tells_the_client_a_classified_error_and_logs_the_details(
+    client, settings, engine, redis, monkeypatch, caplog
+) -> None:
+    secret = "/home/deploy/.cache/wan/vae.safetensors (token hf_0123456789)"
+
+    def broken_decode(latents: Any) -> Any:
+        raise RuntimeError(f"CUDNN_STATUS_EXECUTION_FAILED decoding {latents.shape} with {secret}")
+
+    monkeypatch.setattr(engine, "_decode", broken_decode)
+    video_id = submit(client)
+    with caplog.at_level(logging.INFO, logger="wanserve.worker"):
+        run_worker_until_idle(settings, engine, redis)
+
+    response = client.get(f"/v1/videos/{video_id}")
+    video = response.json()
+    assert video["status"] == "failed"
+    assert video["error"] == {
+        "code": "generation_failed",
+        "message": "The video could not be generated because of an internal error in the worker.",
+    }
+    assert "/home/deploy" not in response.text and "CUDNN" not in response.text
+    assert f"{video_id} failed" in caplog.text and secret in caplog.text
+    assert "Traceback (most recent call last)" in caplog.text
+
+
+def test_a_job_past_its_time_limit_stops_at_a_step_boundary(client, settings, engine, redis, caplog) -> None:
+    settings.job_timeout_s = 1
+    slow = submit(client, size="128x128", seconds=2, num_inference_steps=100)
+    settings.job_timeout_s = 3600
+    after = submit(client)
+    with caplog.at_level(logging.INFO, logger="wanserve.worker"):
+        run_worker_until_idle(settings, engine, redis)
+
+    video = client.get(f"/v1/videos/{slow}").json()
+    assert (video["status"], video["stage"]) == ("failed", "denoise")
+    assert video["error"] == {
+        "code": "job_timeout",
+        "message": "The job ran longer than its 1 s limit (WANSERVE_JOB_TIMEOUT_S).",
+    }
+    failures = [record for record in caplog.records if record.exc_info]
+    assert [record.exc_info[0] for record in failures] == [GenerationAborted], "the deadline, not RQ's alarm"
+    assert client.get(f"/v1/videos/{after}").json()["status"] == "completed"
