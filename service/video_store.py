@@ -62,8 +62,9 @@ class VideoStore:
         """Write the record and enqueue its job in one transaction: never one without the other.
 
         Args:
-            idempotency_slot: The Redis key of the ``Idempotency-Key`` claim that led here; it is kept as
-                long as the video (see :class:`service.admission.IdempotencyKeys`) and removed with it.
+            idempotency_slot: The Redis key of the ``Idempotency-Key`` claim that led here; in the same
+                transaction it is given ``IDEMPOTENCY_TTL_S``, and deleting the video removes it (see
+                :class:`service.admission.IdempotencyKeys`).
             admit: Called with the number of jobs waiting, atomically with the enqueue (it raises to
                 refuse): concurrent creates cannot overshoot a queue limit.
         """
