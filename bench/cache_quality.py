@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cache_metrics import Panel, scatter_svg, video_quality
-from service.model_profile import PROFILE_FILE, TINY_PROFILE
-from service.schemas import ADAPTIVE_CACHE_DEFAULTS, GenerationParams, resolve_cache
+from service.core.model_profile import PROFILE_FILE, TINY_PROFILE
+from service.core.schemas import ADAPTIVE_CACHE_DEFAULTS, GenerationParams, resolve_cache
 from worker.cache import dit_cache_preset
 from worker.engine import WanEngine
 from worker.tiny_model import TRANSFORMER_CONFIG, build_tiny_pipeline

@@ -4,7 +4,7 @@
 
 Waits for the worker to load its model, then submits jobs one at a time (64x64, 17 frames, 4 steps)
 and reports, per job, create → completed as seen by a client polling every 10 ms, and the worker's
-own stage durations. Also times `import service.http.app` in a fresh interpreter.
+own stage durations. Also times `import service.api.app` in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main() -> None:
         "WANSERVE_DATA_DIR": data,
         "WANSERVE_LOG_LEVEL": "WARNING",
     }
-    cli = [sys.executable, "-m", "service.cli"]
+    cli = [sys.executable, "-m", "cli.main"]
     procs = [
         subprocess.Popen(
             [*cli, "api", "--port", str(args.port)],
@@ -79,11 +79,11 @@ def main() -> None:
 
     imports = []
     for _ in range(3):
-        code = "import time; t = time.perf_counter(); import service.http.app; print(time.perf_counter() - t)"
+        code = "import time; t = time.perf_counter(); import service.api.app; print(time.perf_counter() - t)"
         imports.append(
             float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
         )
-    print(f"import service.http.app (fresh interpreter): median {statistics.median(imports):.3f} s")
+    print(f"import service.api.app (fresh interpreter): median {statistics.median(imports):.3f} s")
 
 
 if __name__ == "__main__":

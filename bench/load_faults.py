@@ -49,7 +49,7 @@ def main() -> None:
         "WANSERVE_MAX_QUEUE_LENGTH": "0",
         "WANSERVE_JOB_RETRIES": "5",
     }
-    cli = [sys.executable, "-m", "service.cli"]
+    cli = [sys.executable, "-m", "cli.main"]
     logs: list[Path] = []
 
     def start(*command: str) -> subprocess.Popen[bytes]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from service.model_profile import PROFILE_FILE, TINY_PROFILE
+from service.core.model_profile import PROFILE_FILE, TINY_PROFILE
 from worker.tiny_model import TRANSFORMER_CONFIG, build_tiny_pipeline
 
 MID_TRANSFORMER = {**TRANSFORMER_CONFIG, "num_layers": 8, "num_attention_heads": 8, "attention_head_dim": 32,

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from diffusers.models import attention_dispatch
 
-from service.schemas import GenerationParams
+from service.core.schemas import GenerationParams
 from worker.engine import WanEngine
 from worker.parallel import ParallelLayout, init_parallel, shutdown_parallel
 

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cache_metrics import video_quality
-from service.schemas import GenerationParams, resolve_cache
+from service.core.schemas import GenerationParams, resolve_cache
 from shapes_model.analyse import analyse_mp4
 from shapes_model.data import COLOURS, DIRECTIONS, SHAPES
 from worker.engine import WanEngine, to_uint8

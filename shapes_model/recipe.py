@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from service.model_profile import PROFILE_FILE, SHAPES_PROFILE
+from service.core.model_profile import PROFILE_FILE, SHAPES_PROFILE
 from shapes_model import train_dit, train_vae
 from shapes_model.model import build_scheduler, build_text_encoder, build_tokenizer, build_transformer
 

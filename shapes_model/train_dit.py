@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from service.model_profile import SHAPES_PROFILE
+from service.core.model_profile import SHAPES_PROFILE
 from shapes_model.data import COLOURS, DIRECTIONS, SHAPES, prompt_for, render, sample_clip
 from shapes_model.model import SCHEDULER_CONFIG, build_transformer
 from shapes_model.train_vae import to_tensor

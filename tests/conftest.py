@@ -10,7 +10,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 TEST_REDIS_DB = 13
 
@@ -33,7 +33,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _answers(url):
         yield url
         return
-    from service.embedded_redis import EmbeddedRedis
+    from cli.embedded_redis import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
     yield f"{server.url}?db={TEST_REDIS_DB}"

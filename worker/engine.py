@@ -24,10 +24,10 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from service.errors import GenerationCancelled, InvalidRequest
-from service.jobs import Stage
-from service.model_profile import ModelProfile, profile_for_folder
-from service.schemas import GenerationParams
+from service.core.errors import GenerationCancelled, InvalidRequest
+from service.core.lifecycle import Stage
+from service.core.model_profile import ModelProfile, profile_for_folder
+from service.core.schemas import GenerationParams
 from worker import device as devices
 from worker.parallel import ParallelLayout, ParallelRuntime, enable_ulysses
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from redis import Redis
 
-from service.errors import GenerationCancelled
-from service.schemas import GenerationParams
-from service.settings import Settings
+from service.core.errors import GenerationCancelled
+from service.core.schemas import GenerationParams
+from service.core.settings import Settings
 from worker.engine import (
     Denoised,
     GenerationAborted,
@@ -35,8 +35,8 @@ from worker.engine import (
     StopCheck,
     WanEngine,
 )
-from worker.main import load_engine, serve
 from worker.parallel import ParallelLayout, ParallelRuntime, init_parallel, shutdown_parallel
+from worker.serve import load_engine, serve
 
 log = logging.getLogger("wanserve.worker")
 

@@ -24,10 +24,10 @@ from redis.exceptions import RedisError
 from rq import Worker
 from rq.command import send_shutdown_command
 
-from service.model_profile import profile_for_folder
-from service.settings import Settings
-from worker.main import model_folder, unique_worker_name
+from service.core.model_profile import profile_for_folder
+from service.core.settings import Settings
 from worker.parallel import ParallelLayout
+from worker.serve import model_folder, unique_worker_name
 
 log = logging.getLogger("wanserve.worker")
 

@@ -25,8 +25,8 @@ from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from service.cleaner import settle_lost_jobs
-from service.video_store import VideoStore
+from service.core.lost_jobs import settle_lost_jobs
+from service.core.video_store import VideoStore
 
 log = logging.getLogger("wanserve.worker")
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from rq import get_current_job
 
-from service.settings import Settings
-from service.storage import LocalStorage
-from service.video_store import VideoStore
+from service.core.settings import Settings
+from service.core.storage import LocalStorage
+from service.core.video_store import VideoStore
 from worker.engine import Engine
-from worker.job_runner import VideoJob
+from worker.video_job import VideoJobRunner
 
 
 @dataclass
@@ -37,4 +37,4 @@ def generate_video(video_id: str) -> dict[str, Any]:
         raise RuntimeError("generate_video must run as an RQ job")
     store = VideoStore(job.connection, _resident.settings.queue)
     storage = LocalStorage(_resident.settings.videos_dir)
-    return VideoJob(store, storage, _resident.engine, job.worker_name or "unknown").run(video_id)
+    return VideoJobRunner(store, storage, _resident.engine, job.worker_name or "unknown").run(video_id)

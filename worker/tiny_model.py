@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from service.model_profile import PROFILE_FILE, SHAPES_MODEL_NAME, TINY_PROFILE
+from service.core.model_profile import PROFILE_FILE, SHAPES_MODEL_NAME, TINY_PROFILE
 
 log = logging.getLogger("wanserve.worker")
 

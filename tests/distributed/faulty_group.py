@@ -14,14 +14,14 @@ import torch
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from worker import engine as engine_module
-from worker import group, job_runner
+from worker import group, video_job
 
 SECRET = "/srv/secret/wan-weights/vae.safetensors"
 """Text that must reach the worker's log but never the client."""
 
 _denoise = engine_module.WanEngine.denoise
 _decode = engine_module.WanEngine._decode
-_progress = job_runner.VideoJob._progress
+_progress = video_job.VideoJobRunner._progress
 _prompt = ""
 
 
@@ -57,12 +57,12 @@ def decode(self: Any, latents: Any) -> Any:
 def progress(self: Any, video_id: str, value: int) -> None:
     _progress(self, video_id, value)
     params = self.store.get(video_id)["params"]
-    at_step_2 = value == job_runner.denoise_progress(2, params["num_inference_steps"])
+    at_step_2 = value == video_job.denoise_progress(2, params["num_inference_steps"])
     if params["prompt"].startswith("fail progress") and at_step_2:
         raise RedisConnectionError(f"injected: lost the connection to Redis at {SECRET}")
 
 
 engine_module.WanEngine.denoise = denoise  # type: ignore[method-assign]
 engine_module.WanEngine._decode = decode  # type: ignore[method-assign]
-job_runner.VideoJob._progress = progress  # type: ignore[method-assign]
+video_job.VideoJobRunner._progress = progress  # type: ignore[method-assign]
 group.main()

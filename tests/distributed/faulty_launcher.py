@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from service.settings import Settings
+from service.core.settings import Settings
 from worker.launcher import GroupLauncher
 from worker.parallel import ParallelLayout
 

@@ -1,6 +1,6 @@
 """The request every equivalence run generates."""
 
-from service.schemas import GenerationParams
+from service.core.schemas import GenerationParams
 
 PARAMS = GenerationParams(
     prompt="a red fox in the snow",

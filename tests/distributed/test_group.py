@@ -15,11 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from service import jobs
-from service.http.app import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core import redis_keys
+from service.core.settings import Settings
 from tests.e2e.conftest import wait_until
-from worker.job_runner import denoise_progress
+from worker.video_job import denoise_progress
 
 pytestmark = pytest.mark.slow
 
@@ -74,11 +74,13 @@ def start_group(settings: Settings, redis: Redis, tmp_path: Path):
             "WANSERVE_DIST_TIMEOUT_S": "20",
             **env,
         }
-        command = entry or [sys.executable, "-m", "service.cli", "worker"]
+        command = entry or [sys.executable, "-m", "cli.main", "worker"]
         group = Group([*command, *args], base_env, tmp_path / f"group-{len(started)}.log")
         started.append(group)
         wait_until(
-            lambda: redis.hlen(jobs.MODEL_REGISTRY_KEY) > 0 or group.process.poll() is not None, 120, "ranks"
+            lambda: redis.hlen(redis_keys.MODEL_REGISTRY_KEY) > 0 or group.process.poll() is not None,
+            120,
+            "ranks",
         )
         assert group.process.poll() is None, group.log
         return group
@@ -120,7 +122,7 @@ def test_a_group_serves_cancels_and_stops_after_its_running_job(client, start_gr
 
     cancelled = submit(client, **LONG_JOB)
     wait_for(client, cancelled, lambda v: v["stage"] == "denoise" and v["progress"] > 5)
-    redis.set(jobs.cancel_key(cancelled), 1)  # what a cancel request writes
+    redis.set(redis_keys.cancel_key(cancelled), 1)  # what a cancel request writes
     view = wait_for(client, cancelled, finished)
     assert view["status"] == "cancelled"
     assert 5 < view["progress"] < 90
@@ -233,7 +235,7 @@ def test_the_same_failure_on_every_rank_leaves_the_group_serving(client, start_g
 )
 def test_impossible_layouts_fail_at_start_up(settings: Settings, args: tuple[str, ...], message: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "service.cli", "worker", *args],
+        [sys.executable, "-m", "cli.main", "worker", *args],
         env={
             **os.environ,
             "WANSERVE_REDIS_URL": settings.redis_url or "",

@@ -48,7 +48,7 @@ class Processes:
     def start(self, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{args[0]}-{len(self.started)}.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args],
+            [sys.executable, "-m", "cli.main", *args],
             env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,

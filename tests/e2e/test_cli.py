@@ -75,7 +75,7 @@ def test_the_default_model_draws_what_the_api_is_asked(processes: Processes, fre
 
 def run_generate(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "generate", *args],
+        [sys.executable, "-m", "cli.main", "generate", *args],
         env={**os.environ, "WANSERVE_DATA_DIR": str(data_dir), **env},
         capture_output=True,
         text=True,

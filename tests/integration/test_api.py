@@ -10,9 +10,9 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from service import jobs
-from service.http.app import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core import redis_keys
+from service.core.settings import Settings
 
 
 @pytest.fixture
@@ -48,10 +48,10 @@ def test_create_from_json_enqueues_one_rq_job_under_the_video_id(client: TestCli
         "1",
     )
     assert (video["num_frames"], video["seed"], video["model"]) == (17, 7, "wan2.1-tiny-random")
-    queue = Queue("wanserve", connection=redis, serializer=jobs.SERIALIZER)
+    queue = Queue("wanserve", connection=redis, serializer=redis_keys.SERIALIZER)
     assert queue.job_ids == [video["id"]]
-    job = Job.fetch(video["id"], connection=redis, serializer=jobs.SERIALIZER)
-    assert job.func_name == jobs.GENERATE_FUNCTION
+    job = Job.fetch(video["id"], connection=redis, serializer=redis_keys.SERIALIZER)
+    assert job.func_name == redis_keys.GENERATE_FUNCTION
     assert job.args == [video["id"]]
     assert job.timeout == 3600
 
@@ -165,10 +165,10 @@ def test_a_job_that_failed_before_the_worker_recorded_it_shows_failed(
     client: TestClient, redis: Redis
 ) -> None:
     video = create(client)
-    job = Job.fetch(video["id"], connection=redis, serializer=jobs.SERIALIZER)
+    job = Job.fetch(video["id"], connection=redis, serializer=redis_keys.SERIALIZER)
     # What RQ does when a worker dies mid-job and its abandoned job is cleaned up: the job moves to
     # the failed registry while our record still says queued.
-    queue = Queue("wanserve", connection=redis, serializer=jobs.SERIALIZER)
+    queue = Queue("wanserve", connection=redis, serializer=redis_keys.SERIALIZER)
     queue.remove(job)
     job.set_status(JobStatus.FAILED)
     view = client.get(f"/v1/videos/{video['id']}").json()

@@ -12,12 +12,12 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from service import jobs
-from service.cleaner import clean_expired
-from service.http.app import create_app
-from service.settings import Settings
-from service.storage import LocalStorage
-from service.video_store import VideoStore
+from service.api.app import create_app
+from service.api.cleaner import clean_expired
+from service.core import redis_keys
+from service.core.settings import Settings
+from service.core.storage import LocalStorage
+from service.core.video_store import VideoStore
 
 BODY = {"prompt": "a red fox", "seconds": 1, "size": "64x64"}
 
@@ -167,7 +167,8 @@ def test_cancel_a_queued_video(make_client, redis: Redis) -> None:
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled"
     assert (
-        Job.fetch(video_id, connection=redis, serializer=jobs.SERIALIZER).get_status() == JobStatus.CANCELED
+        Job.fetch(video_id, connection=redis, serializer=redis_keys.SERIALIZER).get_status()
+        == JobStatus.CANCELED
     )
     assert client.get(f"/v1/videos/{video_id}").json()["status"] == "cancelled"
     again = client.post(f"/v1/videos/{video_id}/cancel")
@@ -175,7 +176,7 @@ def test_cancel_a_queued_video(make_client, redis: Redis) -> None:
 
 
 def test_expired_videos_lose_record_and_files(settings: Settings, redis: Redis, engine) -> None:
-    from worker.main import make_worker
+    from worker.serve import make_worker
 
     client = TestClient(create_app(settings))
     old, kept = (client.post("/v1/videos", json=BODY).json()["id"] for _ in range(2))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hypothesis
 import schemathesis
 
-from service.http.app import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.settings import Settings
 
 EXAMPLES_PER_OPERATION = 30
 

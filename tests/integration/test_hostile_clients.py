@@ -15,12 +15,13 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from rq import Queue
 
-from service import jobs
-from service.cleaner import clean_expired, settle_lost_jobs
-from service.http.app import create_app
-from service.settings import Settings
-from service.storage import LocalStorage, sha256_of
-from service.video_store import VideoStore
+from service.api.app import create_app
+from service.api.cleaner import clean_expired
+from service.core import redis_keys
+from service.core.lost_jobs import settle_lost_jobs
+from service.core.settings import Settings
+from service.core.storage import LocalStorage, sha256_of
+from service.core.video_store import VideoStore
 from tests.integration.test_api_security import make_client as make_client
 
 BODY = {"prompt": "a red fox", "seconds": 1, "size": "64x64"}
@@ -115,8 +116,8 @@ def test_invalid_utf8_in_a_form_is_refused_or_replaced_never_stored_raw(make_cli
 def test_a_record_stored_with_a_lone_surrogate_before_the_fix_still_reads(make_client, redis: Redis) -> None:
     client = make_client()
     video_id = client.post("/v1/videos", json=BODY).json()["id"]
-    params = json.loads(redis.hget(jobs.video_key(video_id), "params"))
-    redis.hset(jobs.video_key(video_id), "params", json.dumps({**params, "negative_prompt": "\ud800"}))
+    params = json.loads(redis.hget(redis_keys.video_key(video_id), "params"))
+    redis.hset(redis_keys.video_key(video_id), "params", json.dumps({**params, "negative_prompt": "\ud800"}))
     assert client.get("/v1/videos").status_code == 200
     view = client.get(f"/v1/videos/{video_id}")
     assert view.status_code == 200
@@ -268,17 +269,19 @@ def test_expiry_is_not_starved_by_many_videos_that_never_ended(redis: Redis, set
     with redis.pipeline() as pipe:
         for n in range(1200):  # never ended, older than the one that did
             video_id = f"video_{n:032x}"
-            pipe.hset(jobs.video_key(video_id), mapping={"id": json.dumps(video_id), "status": '"queued"'})
-            pipe.zadd(jobs.VIDEOS_INDEX_KEY, {video_id: old + n})
+            pipe.hset(
+                redis_keys.video_key(video_id), mapping={"id": json.dumps(video_id), "status": '"queued"'}
+            )
+            pipe.zadd(redis_keys.VIDEOS_INDEX_KEY, {video_id: old + n})
         done = "video_" + "e" * 32
         pipe.hset(
-            jobs.video_key(done),
+            redis_keys.video_key(done),
             mapping={"id": json.dumps(done), "status": '"completed"', "completed_at": str(time.time() - 120)},
         )
-        pipe.zadd(jobs.VIDEOS_INDEX_KEY, {done: old + 5000})
+        pipe.zadd(redis_keys.VIDEOS_INDEX_KEY, {done: old + 5000})
         pipe.execute()
     assert clean_expired(store, LocalStorage(settings.videos_dir), ttl_s=60) == 1
-    assert not redis.exists(jobs.video_key(done))
+    assert not redis.exists(redis_keys.video_key(done))
 
 
 def test_a_job_rq_gave_up_ends_failed_in_its_record(make_client, redis: Redis, settings: Settings) -> None:
@@ -289,7 +292,7 @@ def test_a_job_rq_gave_up_ends_failed_in_its_record(make_client, redis: Redis, s
     # What RQ does to a job whose worker died with no retries left (StartedJobRegistry.cleanup).
     job = store._job(video_id)
     assert job is not None
-    queue = Queue(settings.queue, connection=redis, serializer=jobs.SERIALIZER)
+    queue = Queue(settings.queue, connection=redis, serializer=redis_keys.SERIALIZER)
     queue.remove(job)
     with redis.pipeline() as pipe:
         job.set_status("failed", pipeline=pipe)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
-from service.webhooks import delivery_status, enqueue_event
+from service.api.webhooks import delivery_status, enqueue_event
 from tests.integration.webhook_receivers import VIDEO, Receiver, Trickler
 from tests.integration.webhook_receivers import make_sender as make_sender
 from tests.integration.webhook_receivers import receiver as receiver

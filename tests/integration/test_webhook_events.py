@@ -9,12 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from service.http.app import create_app
-from service.settings import Settings
-from service.webhooks import WebhookSender, enqueue_event, verify
+from service.api.app import create_app
+from service.api.webhooks import WebhookSender, enqueue_event, verify
+from service.core.settings import Settings
 from tests.integration.webhook_receivers import Receiver, Resolver
 from tests.integration.webhook_receivers import receiver as receiver
-from worker.main import make_worker
+from worker.serve import make_worker
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 BODY = {"prompt": "a red fox", "seconds": 1, "size": "32x32", "num_inference_steps": 2}

@@ -9,7 +9,7 @@ import time
 from redis import Redis
 
 from service import webhooks
-from service.webhooks import BACKOFF_S, delivery_status, enqueue_event
+from service.api.webhooks import BACKOFF_S, delivery_status, enqueue_event
 from tests.integration.webhook_receivers import VIDEO, closed_port_url
 from tests.integration.webhook_receivers import make_sender as make_sender
 from tests.integration.webhook_receivers import receiver as receiver

@@ -16,8 +16,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from service import webhooks
-from service.webhooks import delivery_status, enqueue_event
-from service.webhooks.urls import system_resolver
+from service.api.webhooks import delivery_status, enqueue_event
+from service.core.webhook_urls import system_resolver
 from tests.integration.webhook_receivers import (
     VIDEO,
     Certificates,

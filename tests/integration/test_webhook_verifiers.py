@@ -11,7 +11,7 @@ import pytest
 from redis import Redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from service.webhooks import WebhookSender, enqueue_event, verify
+from service.api.webhooks import WebhookSender, enqueue_event, verify
 from tests.integration.webhook_receivers import VIDEO, Receiver
 from tests.integration.webhook_receivers import receiver as receiver
 

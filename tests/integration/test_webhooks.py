@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from service import webhooks
-from service.errors import InvalidRequest
-from service.webhooks import (
+from service.api.webhooks import (
     BACKOFF_S,
     WebhookSender,
     delivery_status,
@@ -21,7 +20,8 @@ from service.webhooks import (
     sign,
     verify,
 )
-from service.webhooks.sender import Outcome
+from service.api.webhooks.sender import Outcome
+from service.core.errors import InvalidRequest
 from tests.integration.webhook_receivers import SECRET, VIDEO, closed_port_url
 from tests.integration.webhook_receivers import make_sender as make_sender
 from tests.integration.webhook_receivers import receiver as receiver

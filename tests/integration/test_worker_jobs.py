@@ -11,15 +11,15 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from rq.job import Job, JobStatus
 
-from service import jobs
-from service.http.app import create_app
-from service.settings import Settings
-from service.storage import LocalStorage
-from service.video_store import VideoStore
+from service.api.app import create_app
+from service.core import redis_keys
+from service.core.settings import Settings
+from service.core.storage import LocalStorage
+from service.core.video_store import VideoStore
 from worker.engine import GenerationAborted
-from worker.job_runner import VideoJob, denoise_progress
-from worker.main import make_worker
+from worker.serve import make_worker
 from worker.video import read_mp4
+from worker.video_job import VideoJobRunner, denoise_progress
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def run_worker_until_idle(settings: Settings, engine, redis: Redis) -> None:
 
 def take_job(redis: Redis, settings: Settings, video_id: str) -> None:
     """What a worker does to the RQ job when it starts running it (the API tells running from queued)."""
-    job = Job.fetch(video_id, connection=redis, serializer=jobs.SERIALIZER)
+    job = Job.fetch(video_id, connection=redis, serializer=redis_keys.SERIALIZER)
     VideoStore(redis, settings.queue).queue.remove(job)
     job.set_status(JobStatus.STARTED)
 
@@ -86,9 +86,10 @@ def test_a_job_completes_with_files_timings_and_progress(client, settings, engin
     frames = read_mp4(LocalStorage(settings.videos_dir).path(video_id))
     assert frames.shape == (17, 64, 64, 3)
     assert (
-        Job.fetch(video_id, connection=redis, serializer=jobs.SERIALIZER).get_status() == JobStatus.FINISHED
+        Job.fetch(video_id, connection=redis, serializer=redis_keys.SERIALIZER).get_status()
+        == JobStatus.FINISHED
     )
-    registered = redis.hget(jobs.MODEL_REGISTRY_KEY, "wan2.1-tiny-random")
+    registered = redis.hget(redis_keys.MODEL_REGISTRY_KEY, "wan2.1-tiny-random")
     assert registered is not None and b"64x64" in registered
 
 
@@ -106,7 +107,7 @@ def test_the_video_reports_the_cache_it_ran_with(client, settings, engine, redis
 def test_progress_moves_on_every_denoising_step(client, settings, engine, redis) -> None:
     video_id = submit(client, num_inference_steps=6)
     store = RecordingStore(redis, settings.queue)
-    VideoJob(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
+    VideoJobRunner(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
     steps = [denoise_progress(done, 6) for done in range(1, 7)]
     assert store.progress == [0, 1, 2, *steps, 90, 95, 98, 100]
     assert store.progress == sorted(store.progress)
@@ -130,7 +131,10 @@ def test_a_failing_job_ends_failed_and_the_worker_takes_the_next(
     assert "Cannot write to storage" in failed["error"]["message"]
     assert str(tmp_path) not in failed["error"]["message"], "no paths for clients"
     # Recorded, not raised: RQ must not retry a job that failed for a reason of its own.
-    assert Job.fetch(first, connection=redis, serializer=jobs.SERIALIZER).get_status() == JobStatus.FINISHED
+    assert (
+        Job.fetch(first, connection=redis, serializer=redis_keys.SERIALIZER).get_status()
+        == JobStatus.FINISHED
+    )
     assert client.get(f"/v1/videos/{second}").json()["status"] == "completed"
 
 
@@ -140,16 +144,16 @@ def test_a_cancel_stops_a_running_job_at_a_step_boundary(client, settings, engin
         redis,
         settings.queue,
         at_progress=denoise_progress(3, 8),
-        action=lambda v: redis.set(jobs.cancel_key(v), 1),
+        action=lambda v: redis.set(redis_keys.cancel_key(v), 1),
     )
-    result = VideoJob(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
+    result = VideoJobRunner(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
     assert result == {"status": "cancelled"}
     assert max(store.progress) == denoise_progress(3, 8)
     video = client.get(f"/v1/videos/{video_id}").json()
     assert (video["status"], video["error"]["code"]) == ("cancelled", "cancelled")
     assert "step 4 of 8" in video["error"]["message"]
     assert not LocalStorage(settings.videos_dir).exists(video_id)
-    assert not redis.exists(jobs.cancel_key(video_id))
+    assert not redis.exists(redis_keys.cancel_key(video_id))
 
 
 def test_the_cancel_endpoint_stops_a_running_video(client, settings, engine, redis) -> None:
@@ -162,7 +166,7 @@ def test_the_cancel_endpoint_stops_a_running_video(client, settings, engine, red
         at_progress=denoise_progress(2, 8),
         action=lambda v: responses.append(client.post(f"/v1/videos/{v}/cancel")),
     )
-    VideoJob(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
+    VideoJobRunner(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
     assert responses[0].status_code == 200
     assert responses[0].json()["status"] == "in_progress", "a running video stops at its next step"
     video = client.get(f"/v1/videos/{video_id}").json()
@@ -178,9 +182,9 @@ def test_deleting_a_running_video_stops_it_and_leaves_nothing(client, settings, 
         at_progress=denoise_progress(2, 8),
         action=lambda v: client.delete(f"/v1/videos/{v}"),
     )
-    VideoJob(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
+    VideoJobRunner(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id)
     assert max(store.progress) == denoise_progress(2, 8)
-    assert not redis.exists(jobs.video_key(video_id)), "the record must not be resurrected"
+    assert not redis.exists(redis_keys.video_key(video_id)), "the record must not be resurrected"
     assert not (Path(settings.videos_dir) / video_id).exists()
     assert client.get(f"/v1/videos/{video_id}").status_code == 404
 
@@ -192,7 +196,7 @@ def test_a_job_handed_out_again_after_it_ended_is_not_generated_twice(
     run_worker_until_idle(settings, engine, redis)
     first = client.get(f"/v1/videos/{video_id}").json()
     store = RecordingStore(redis, settings.queue)
-    result = VideoJob(store, LocalStorage(settings.videos_dir), engine, "late").run(video_id)
+    result = VideoJobRunner(store, LocalStorage(settings.videos_dir), engine, "late").run(video_id)
     assert result == {"status": "completed"}
     assert store.progress == []
     assert client.get(f"/v1/videos/{video_id}").json() == first
@@ -202,18 +206,18 @@ def test_a_video_deleted_while_queued_is_never_generated(client, settings, engin
     video_id = submit(client)
     client.delete(f"/v1/videos/{video_id}")
     run_worker_until_idle(settings, engine, redis)
-    assert not redis.exists(jobs.video_key(video_id))
+    assert not redis.exists(redis_keys.video_key(video_id))
     assert not LocalStorage(settings.videos_dir).exists(video_id)
 
 
 def test_a_video_deleted_between_dequeue_and_start_is_skipped(client, settings, engine, redis) -> None:
     video_id = submit(client)
-    redis.delete(jobs.video_key(video_id))
+    redis.delete(redis_keys.video_key(video_id))
     store = VideoStore(redis, settings.queue)
-    assert VideoJob(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id) == {
+    assert VideoJobRunner(store, LocalStorage(settings.videos_dir), engine, "test").run(video_id) == {
         "status": "deleted"
     }
-    assert not redis.exists(jobs.video_key(video_id))
+    assert not redis.exists(redis_keys.video_key(video_id))
 
 
 def test_a_failure_tells_the_client_a_classified_error_and_logs_the_details(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from service.webhooks import WebhookSender
+from service.api.webhooks import WebhookSender
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 VIDEO = {"id": "video_" + "0" * 32, "object": "video", "status": "completed", "progress": 100}

@@ -21,14 +21,14 @@ def loaded_modules(imports: str, forbidden: set[str]) -> str:
 
 def test_the_api_app_leaves_torch_out() -> None:
     imports = (
-        "from service.settings import Settings\n"
-        "from service.http.app import create_app\n"
+        "from service.core.settings import Settings\n"
+        "from service.api.app import create_app\n"
         "create_app(Settings(redis_url='redis://127.0.0.1:1/0'))\n"
-        "import service.cli"
+        "import cli.main"
     )
     assert loaded_modules(imports, {"torch", "diffusers", "transformers", "worker", "numpy"}) == ""
 
 
-@pytest.mark.parametrize("module", ["worker.main", "worker.tasks"])
+@pytest.mark.parametrize("module", ["worker.serve", "worker.tasks"])
 def test_the_worker_leaves_the_http_layer_out(module: str) -> None:
     assert loaded_modules(f"import {module}", {"fastapi", "starlette", "uvicorn", "service.http"}) == ""

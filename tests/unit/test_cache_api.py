@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from service.http.app import create_app
-from service.schemas import ADAPTIVE_CACHE_DEFAULTS
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.schemas import ADAPTIVE_CACHE_DEFAULTS
+from service.core.settings import Settings
 
 DIT = {"step_start": 1, "step_end": 3, "step_interval": 2, "block_start": 0, "block_end": 2}
 FORM = {"prompt": "a red fox", "seconds": "1", "size": "64x64"}

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from service.errors import GenerationCancelled, InvalidRequest
-from service.jobs import VideoStatus
-from service.model_profile import TINY_PROFILE
-from service.schemas import (
+from service.core.errors import GenerationCancelled, InvalidRequest
+from service.core.lifecycle import VideoStatus
+from service.core.model_profile import TINY_PROFILE
+from service.core.schemas import (
     ADAPTIVE_CACHE_DEFAULTS,
     DIT_CACHE_PRESETS,
     GenerationParams,
     parse_create_request,
     resolve_params,
 )
-from service.views import video_object
+from service.core.video_object import video_object
 from tests.distributed.params import PARAMS
 from worker.cache import (
     DITCACHE_PRESETS,

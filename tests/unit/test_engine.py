@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from service.errors import GenerationCancelled
-from service.jobs import Stage
-from service.schemas import GenerationParams
+from service.core.errors import GenerationCancelled
+from service.core.lifecycle import Stage
+from service.core.schemas import GenerationParams
 from tests.distributed.params import PARAMS
 from worker.engine import GenerationAborted, WanEngine
 

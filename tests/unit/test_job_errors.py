@@ -4,10 +4,10 @@ import pytest
 import torch
 from rq.timeouts import JobTimeoutException
 
-from service.errors import InvalidRequest, StorageError
+from service.core.errors import InvalidRequest, StorageError
 from worker.engine import GenerationAborted
 from worker.group import GroupFailed
-from worker.job_runner import client_error
+from worker.video_job import client_error
 
 SECRET = "/home/deploy/.cache/wan/vae.safetensors"
 GENERIC = "The video could not be generated because of an internal error in the worker."

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings
+from service.core.settings import Settings
 from worker.launcher import MAX_RESTARTS, RESTART_WINDOW_S, GroupLauncher, RestartBudget
 from worker.parallel import ParallelLayout
 

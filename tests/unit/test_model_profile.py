@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from service.model_profile import SHAPES_PROFILE, TINY_PROFILE, profile_for_folder, resolve_profile
+from service.core.model_profile import SHAPES_PROFILE, TINY_PROFILE, profile_for_folder, resolve_profile
 
 
 def write_transformer_config(folder: Path, layers: int, heads: int) -> Path:

@@ -1,8 +1,8 @@
 import pytest
 
-from service.errors import InvalidRequest
-from service.model_profile import TINY_PROFILE
-from service.schemas import parse_create_request, resolve_params
+from service.core.errors import InvalidRequest
+from service.core.model_profile import TINY_PROFILE
+from service.core.schemas import parse_create_request, resolve_params
 
 
 def resolve(**body: object):

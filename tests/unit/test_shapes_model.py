@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.model_profile import SHAPES_PROFILE, profile_for_folder
-from service.schemas import GenerationParams
+from service.core.model_profile import SHAPES_PROFILE, profile_for_folder
+from service.core.schemas import GenerationParams
 from shapes_model import recipe, train_vae
 from shapes_model.analyse import analyse_frames
 from worker.engine import WanEngine, to_uint8

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import StorageError
-from service.storage import LocalStorage
-from service.video_store import new_video_id
+from service.core.errors import StorageError
+from service.core.storage import LocalStorage
+from service.core.video_store import new_video_id
 
 
 def test_write_moves_the_file_into_place(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch
 
-from service.model_profile import PROFILE_FILE, TINY_PROFILE, profile_for_folder
+from service.core.model_profile import PROFILE_FILE, TINY_PROFILE, profile_for_folder
 from worker.tiny_model import build_tiny_pipeline, ensure_tiny_model
 
 

@@ -13,8 +13,8 @@ import pytest
 from redis import Redis
 from standardwebhooks import Webhook
 
-from service.webhooks import WebhookSender, secret_key, sign, verify
-from service.webhooks.signing import MAKE_SECRET
+from service.api.webhooks import WebhookSender, secret_key, sign, verify
+from service.api.webhooks.signing import MAKE_SECRET
 
 UNREACHABLE = "redis://127.0.0.1:1/0"  # never connected to: the constructor refuses before any I/O
 

@@ -7,9 +7,9 @@ from ipaddress import ip_address
 
 import pytest
 
-from service.errors import InvalidRequest
-from service.webhooks.addresses import is_internal_address, is_internal_name, numeric_host
-from service.webhooks.urls import (
+from service.core.errors import InvalidRequest
+from service.core.webhook_addresses import is_internal_address, is_internal_name, numeric_host
+from service.core.webhook_urls import (
     Target,
     parse_target,
     redact_url,

@@ -1,0 +1,261 @@
+"""``/v1/videos``: create, retrieve, list, delete, download."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from service.api.admission import IdempotencyConflict, check_queue_length, check_rate
+from service.api.body_limit import BodyTooLarge, BodyTooSlow
+from service.api.content import StoredFileResponse, etag_matches
+from service.api.context import AppContext, Context, Owner
+from service.api.webhooks import validate_webhook_url
+from service.core.errors import InvalidRequest, VideoNotFound, VideoNotReady
+from service.core.lifecycle import VideoStatus
+from service.core.schemas import CreateVideoRequest, GenerationParams, parse_create_request, resolve_params
+from service.core.settings import Settings
+from service.core.storage import VARIANT_FILES
+from service.core.video_object import POLL_AFTER_MS, video_object
+from service.core.video_store import Record, new_video_id
+from service.core.webhook_queue import notify_ended
+
+router = APIRouter(prefix="/v1")
+
+_CREATE_SCHEMA = CreateVideoRequest.model_json_schema()
+_CREATE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _CREATE_SCHEMA},
+            "multipart/form-data": {"schema": _CREATE_SCHEMA},
+            "application/x-www-form-urlencoded": {"schema": _CREATE_SCHEMA},
+        },
+    }
+}
+
+
+@router.post(
+    "/videos",
+    openapi_extra=_CREATE_BODY,
+    summary="Create a video",
+    responses={401: {}, 409: {}, 413: {}, 429: {}},
+)
+async def create_video(
+    request: Request,
+    context: Context,
+    owner: Owner,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> dict[str, Any]:
+    body = await _read_body(request)
+    create = parse_create_request(body)
+    profile = await run_in_threadpool(context.profile)
+    settings = context.settings
+    params = resolve_params(
+        create,
+        profile,
+        max_prompt_chars=settings.max_prompt_chars,
+        max_steps=settings.max_steps,
+        max_work=settings.max_work,
+    )
+    record = await run_in_threadpool(
+        _admit_and_create, context, owner, params, profile.name, create, body, idempotency_key
+    )
+    response.headers["openai-poll-after-ms"] = str(POLL_AFTER_MS[VideoStatus.QUEUED])
+    return _view(context, record)
+
+
+def _admit_and_create(
+    context: AppContext,
+    owner: str,
+    params: GenerationParams,
+    model: str,
+    create: CreateVideoRequest,
+    body: dict[str, Any],
+    idempotency_key: str | None,
+) -> Record:
+    settings = context.settings
+    # The rate limit comes first: replaying an Idempotency-Key is a request like any other.
+    check_rate(context.redis, owner, settings.rate_limit_per_minute)
+    video_id = new_video_id()
+    slot = None
+    if idempotency_key:
+        earlier = context.idempotency.claim(owner, idempotency_key, body, video_id)
+        if earlier is not None:
+            return _earlier_record(context, earlier, owner)
+        slot = context.idempotency.slot(owner, idempotency_key)
+    try:
+        return context.store.create(
+            params,
+            model=model,
+            owner=owner,
+            job_timeout_s=settings.job_timeout_s,
+            result_ttl_s=settings.result_ttl_s,
+            retries=settings.job_retries,
+            video_id=video_id,
+            webhook_url=_webhook_url(create, settings),
+            idempotency_slot=slot,
+            admit=lambda queued: check_queue_length(queued, settings.max_queue_length),
+        )
+    except BaseException:
+        if idempotency_key:  # nothing was created: a retry with this key may try again
+            context.idempotency.release(owner, idempotency_key)
+        raise
+
+
+def _webhook_url(create: CreateVideoRequest, settings: Settings) -> str | None:
+    url = create.webhook_url or settings.webhook_url
+    if url is None:
+        return None
+    if not settings.webhook_secret:
+        raise InvalidRequest(
+            "Webhooks are off on this server (no WANSERVE_WEBHOOK_SECRET); leave out webhook_url.",
+            param="webhook_url",
+            code="webhooks_disabled",
+        )
+    return validate_webhook_url(url, allow_private=settings.webhook_allow_private)
+
+
+def _earlier_record(context: AppContext, video_id: str, owner: str) -> Record:
+    """The video an earlier request with the same Idempotency-Key created; if that request is still
+    writing it, a 409 at once (a request thread never waits for another)."""
+    try:
+        return context.store.get(video_id, owner)
+    except VideoNotFound:
+        raise IdempotencyConflict(
+            "A request with this Idempotency-Key is still being processed; retry shortly.",
+            param="Idempotency-Key",
+            code="idempotency_key_in_progress",
+        ) from None
+
+
+@router.get("/videos", summary="List videos")
+def list_videos(
+    context: Context,
+    owner: Owner,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+) -> dict[str, Any]:
+    ids, has_more = context.store.list_ids(owner=owner, after=after, limit=limit, order=order)
+    data = []
+    for video_id in ids:
+        try:
+            data.append(_view(context, context.store.get(video_id, owner)))
+        except VideoNotFound:
+            continue  # deleted between the index read and the record read
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+@router.get("/videos/{video_id}", summary="Retrieve a video")
+def retrieve_video(video_id: str, context: Context, owner: Owner, response: Response) -> dict[str, Any]:
+    view = _view(context, context.store.get(video_id, owner))
+    poll_after = POLL_AFTER_MS.get(VideoStatus(view["status"]))
+    if poll_after is not None:
+        response.headers["openai-poll-after-ms"] = str(poll_after)
+    return view
+
+
+@router.post("/videos/{video_id}/cancel", summary="Cancel a queued or running video")
+def cancel_video(video_id: str, context: Context, owner: Owner) -> dict[str, Any]:
+    record = context.store.cancel(video_id, owner)
+    if record["status"] == VideoStatus.CANCELLED:  # a queued video: it ended here, not in a worker
+        notify_ended(context.redis, record, context.settings.result_ttl_s)
+    return _view(context, record)
+
+
+@router.delete("/videos/{video_id}", summary="Delete a video (cancels it if queued or running)")
+def delete_video(video_id: str, context: Context, owner: Owner) -> dict[str, Any]:
+    context.store.delete(video_id, owner)
+    context.storage.delete(video_id)
+    return {"id": video_id, "object": "video.deleted", "deleted": True}
+
+
+@router.head("/videos/{video_id}/content", include_in_schema=False)
+@router.get(
+    "/videos/{video_id}/content",
+    summary="Download the MP4 (Range and ETag supported; HEAD too), or its thumbnail or spritesheet",
+    response_class=StoredFileResponse,
+)
+def download_content(
+    video_id: str,
+    request: Request,
+    context: Context,
+    owner: Owner,
+    variant: Literal["video", "thumbnail", "spritesheet"] = "video",
+) -> Response:
+    record = context.store.get(video_id, owner)
+    status, _ = context.store.public_status(record)
+    if status != VideoStatus.COMPLETED:
+        raise VideoNotReady(
+            f"Video '{video_id}' is {status.value}; its content is available once it is completed.",
+            param="video_id",
+        )
+    path = context.storage.path(video_id, variant)
+    if not path.is_file():
+        raise (
+            VideoNotFound(video_id)
+            if variant == "video"
+            else InvalidRequest(
+                f"No {variant} was stored for video '{video_id}'.", param="variant", code="variant_not_found"
+            )
+        )
+    headers = {"Cache-Control": "private, max-age=86400"}
+    digest = (record.get("files") or {}).get(variant)
+    if digest:
+        headers["ETag"] = f'"{digest}"'
+        if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+    return StoredFileResponse(path, media_type=VARIANT_FILES[variant][1], headers=headers)
+
+
+def _view(context: AppContext, record: Record) -> dict[str, Any]:
+    status, error = context.store.public_status(record)
+    position = context.store.queue_position(record["id"]) if status == VideoStatus.QUEUED else None
+    return video_object(record, status, error, position, context.settings.result_ttl_s)
+
+
+async def _read_body(request: Request) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        try:
+            form = await request.form()
+        except (BodyTooLarge, BodyTooSlow):
+            raise  # BodyLimitMiddleware answers these (413, 408)
+        except Exception as exc:  # malformed multipart from the client
+            raise InvalidRequest("Could not parse the form body.", code="invalid_body") from exc
+        body: dict[str, Any] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                raise InvalidRequest(
+                    f"File uploads ('{key}') are not supported: this server does text-to-video only.",
+                    param=key,
+                    code="unsupported_parameter",
+                )
+            body[key] = value
+        return body
+    raw = await request.body()
+    if content_type not in ("application/json", "") and not content_type.endswith("+json"):
+        raise InvalidRequest(
+            f"Unsupported content type '{content_type}'; send JSON or multipart/form-data.",
+            code="unsupported_content_type",
+        )
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise InvalidRequest(f"The body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError:
+        raise InvalidRequest("The JSON body is nested too deeply.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
+    return body

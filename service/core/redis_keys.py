@@ -1,0 +1,42 @@
+"""Queue, function and Redis key names: where the API and the workers meet in Redis."""
+
+from __future__ import annotations
+
+import re
+
+GENERATE_FUNCTION = "worker.tasks.generate_video"
+"""Enqueued by name, so the API never imports the worker (or torch)."""
+
+SERIALIZER = "json"
+
+_VIDEO_ID = re.compile(r"^video_[0-9a-f]{32}$")
+
+
+def is_valid_video_id(video_id: str) -> bool:
+    """Ids are checked before they touch a Redis key or a file path."""
+    return bool(_VIDEO_ID.match(video_id))
+
+
+def video_key(video_id: str) -> str:
+    return f"wanserve:video:{video_id}"
+
+
+def cancel_key(video_id: str) -> str:
+    return f"wanserve:cancel:{video_id}"
+
+
+VIDEOS_INDEX_KEY = "wanserve:videos"
+"""Sorted set of every video id, scored by creation time in microseconds (the expiry cleaner reads it)."""
+
+
+PUBLIC_OWNER = "public"
+"""The owner of every video on an API without keys."""
+
+
+def owner_index_key(owner: str) -> str:
+    """The same, for one API key's videos (what ``GET /v1/videos`` lists)."""
+    return f"wanserve:videos:{owner}"
+
+
+MODEL_REGISTRY_KEY = "wanserve:models"
+"""Hash of model name -> profile JSON, written by workers when their model has loaded."""

@@ -1,0 +1,323 @@
+"""Video records in Redis, and the one place that turns a record plus RQ's job state into the public view.
+
+A record is a Redis hash (``wanserve:video:{id}``) of JSON-encoded fields. It is ours, not RQ's
+``job.meta``: RQ's ``save_meta`` rewrites the whole meta dict, so a field written by the API would be
+lost to the worker's next progress write. RQ only moves the job; the record says what happened to it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+from redis import Redis
+from redis.exceptions import WatchError
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from service.core import redis_keys
+from service.core.errors import BackendUnavailable, InvalidRequest, VideoNotFound, VideoNotReady
+from service.core.lifecycle import Stage, VideoStatus
+from service.core.schemas import GenerationParams
+
+Record = dict[str, Any]
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+"""How long an ``Idempotency-Key`` keeps returning the video it created (if that video still exists)."""
+_MAX_WATCH_RETRIES = 100
+
+
+def new_video_id() -> str:
+    return f"video_{uuid.uuid4().hex}"
+
+
+class VideoStore:
+    """Reads and writes video records; enqueues the job in the same transaction as the record."""
+
+    def __init__(self, redis: Redis, queue_name: str) -> None:
+        self.redis = redis
+        self.queue = Queue(queue_name, connection=redis, serializer=redis_keys.SERIALIZER)
+
+    # -- API side -----------------------------------------------------------------------------
+
+    def create(
+        self,
+        params: GenerationParams,
+        *,
+        model: str,
+        owner: str,
+        job_timeout_s: int,
+        result_ttl_s: int,
+        retries: int,
+        video_id: str | None = None,
+        webhook_url: str | None = None,
+        idempotency_slot: str | None = None,
+        admit: Callable[[int], None] | None = None,
+    ) -> Record:
+        """Write the record and enqueue its job in one transaction: never one without the other.
+
+        Args:
+            idempotency_slot: The Redis key of the ``Idempotency-Key`` claim that led here; in the same
+                transaction it is given ``IDEMPOTENCY_TTL_S``, and deleting the video removes it (see
+                :class:`service.api.admission.IdempotencyKeys`).
+            admit: Called with the number of jobs waiting, atomically with the enqueue (it raises to
+                refuse): concurrent creates cannot overshoot a queue limit.
+        """
+        video_id = video_id or new_video_id()
+        now = time.time()
+        record: Record = {
+            "id": video_id,
+            "owner": owner,
+            "status": VideoStatus.QUEUED.value,
+            "stage": Stage.QUEUED.value,
+            "progress": 0,
+            "model": model,
+            "params": params.to_json(),
+            "created_at": now,
+            "timings": {},
+            "webhook_url": webhook_url,
+            "idempotency_slot": idempotency_slot,
+        }
+        score = int(now * 1_000_000)
+        for _ in range(_MAX_WATCH_RETRIES):
+            with self.redis.pipeline() as pipe:
+                try:
+                    # WATCH the queue: if any job is enqueued or taken between our count and our EXEC,
+                    # the transaction is dropped and we count again.
+                    pipe.watch(self.queue.key)
+                    if admit is not None:
+                        admit(cast(int, pipe.llen(self.queue.key)))
+                    pipe.multi()  # RQ would switch to MULTI itself; it must happen before our commands
+                    pipe.hset(redis_keys.video_key(video_id), mapping=_encode(record))
+                    pipe.zadd(redis_keys.VIDEOS_INDEX_KEY, {video_id: score})
+                    pipe.zadd(redis_keys.owner_index_key(owner), {video_id: score})
+                    if idempotency_slot is not None:
+                        pipe.expire(idempotency_slot, IDEMPOTENCY_TTL_S)
+                    self.queue.enqueue_call(
+                        redis_keys.GENERATE_FUNCTION,
+                        args=(video_id,),
+                        job_id=video_id,
+                        timeout=job_timeout_s,
+                        result_ttl=result_ttl_s,
+                        failure_ttl=result_ttl_s,
+                        # Retry is what makes RQ requeue a job abandoned by a dead worker, not fail it.
+                        retry=Retry(max=retries) if retries else None,
+                        pipeline=pipe,
+                    )
+                    pipe.execute()
+                    return record
+                except WatchError:
+                    continue
+        raise BackendUnavailable(
+            "The queue is too busy to take this video right now; try again.", code="queue_busy"
+        )
+
+    def get(self, video_id: str, owner: str | None = None) -> Record:
+        """The record; another owner's video is as unknown as one that does not exist."""
+        if not redis_keys.is_valid_video_id(video_id):
+            raise VideoNotFound(video_id)
+        raw = self.redis.hgetall(redis_keys.video_key(video_id))
+        if not raw:
+            raise VideoNotFound(video_id)
+        record = _decode(raw)
+        if owner is not None and record.get("owner", redis_keys.PUBLIC_OWNER) != owner:
+            raise VideoNotFound(video_id)
+        return record
+
+    def list_ids(self, *, owner: str, after: str | None, limit: int, order: str) -> tuple[list[str], bool]:
+        """A page of the owner's ids, newest first for ``order="desc"``; returns (ids, has_more)."""
+        index = redis_keys.owner_index_key(owner)
+        descending = order == "desc"
+        start = 0
+        if after is not None:
+            rank = self.redis.zrevrank(index, after) if descending else self.redis.zrank(index, after)
+            if rank is None:
+                raise InvalidRequest(
+                    "'after' names no video of yours (it may have been deleted or expired).",
+                    param="after",
+                    code="invalid_cursor",
+                )
+            start = cast(int, rank) + 1
+        fetch = self.redis.zrevrange if descending else self.redis.zrange
+        page = cast(list[bytes], fetch(index, start, start + limit))
+        ids = [video_id.decode() for video_id in page]
+        return ids[:limit], len(ids) > limit
+
+    def cancel(self, video_id: str, owner: str | None = None) -> Record:
+        """Cancel a queued job at once; tell a running one to stop at its next denoising step.
+
+        Raises:
+            VideoNotReady: the video has already ended (completed, failed or cancelled).
+        """
+        record = self.get(video_id, owner)
+        status, _ = self.public_status(record)
+        if status.is_terminal:
+            raise VideoNotReady(
+                f"Video '{video_id}' is already {status.value}; only queued or running videos can be "
+                "cancelled.",
+                param="video_id",
+                code="video_not_cancellable",
+            )
+        self.redis.set(redis_keys.cancel_key(video_id), "cancel", ex=24 * 3600)
+        if self._cancel_queued_job(video_id):
+            self.update(
+                video_id,
+                status=VideoStatus.CANCELLED.value,
+                completed_at=time.time(),
+                error={"code": "cancelled", "message": "Cancelled before it started."},
+            )
+        return self.get(video_id)
+
+    def delete(self, video_id: str, owner: str | None = None) -> Record:
+        """Remove the record and everything kept for it (its RQ job, its Idempotency-Key claim); a queued
+        job is cancelled, a running one is told to stop at its next step (RQ's result TTL then ends it)."""
+        record = self.get(video_id, owner)
+        job = self._job(video_id)
+        running = job is not None and job.get_status(refresh=False) == JobStatus.STARTED
+        with self.redis.pipeline() as pipe:
+            if running:
+                pipe.set(redis_keys.cancel_key(video_id), "deleted", ex=24 * 3600)
+            else:
+                pipe.delete(redis_keys.cancel_key(video_id))
+            pipe.delete(redis_keys.video_key(video_id))
+            pipe.zrem(redis_keys.VIDEOS_INDEX_KEY, video_id)
+            pipe.zrem(redis_keys.owner_index_key(record.get("owner", redis_keys.PUBLIC_OWNER)), video_id)
+            if record.get("idempotency_slot"):
+                pipe.delete(record["idempotency_slot"])
+            pipe.execute()
+        if job is not None and not running:
+            # Job.delete removes the job hash and its entries in the queue and every registry.
+            job.delete(remove_from_queue=True, delete_dependents=False)
+        return record
+
+    def expired_ids(self, ttl_s: float, now: float | None = None, batch: int = 500) -> Iterator[str]:
+        """Videos that ended more than ``ttl_s`` ago (only those created that long ago can have).
+
+        Every candidate is looked at, ``batch`` at a time: however many old videos have not ended, the
+        ones behind them still expire.
+        """
+        now = time.time() if now is None else now
+        newest = int((now - ttl_s) * 1_000_000)
+        lowest = 0
+        seen: set[bytes] = set()
+        while True:
+            page = cast(
+                list[tuple[bytes, float]],
+                self.redis.zrangebyscore(
+                    redis_keys.VIDEOS_INDEX_KEY, lowest, newest, start=0, num=batch, withscores=True
+                ),
+            )
+            fresh = [raw_id for raw_id, _ in page if raw_id not in seen]
+            if not fresh:
+                return
+            seen.update(fresh)
+            for raw_id in fresh:
+                video_id = raw_id.decode()
+                try:
+                    record = self.get(video_id)
+                except VideoNotFound:
+                    self.redis.zrem(redis_keys.VIDEOS_INDEX_KEY, video_id)
+                    continue
+                ended = record.get("completed_at")
+                if VideoStatus(record["status"]).is_terminal and ended is not None and ended + ttl_s <= now:
+                    yield video_id
+            if len(page) < batch:
+                return
+            # Resume at the last score seen (inclusive: ids may share it; those seen are skipped).
+            lowest = int(page[-1][1])
+
+    def _cancel_queued_job(self, video_id: str) -> bool:
+        job = self._job(video_id)
+        if job is not None and job.get_status() in (
+            JobStatus.QUEUED,
+            JobStatus.DEFERRED,
+            JobStatus.SCHEDULED,
+        ):
+            job.cancel()
+            return True
+        return False
+
+    def public_status(self, record: Record) -> tuple[VideoStatus, Record | None]:
+        """The status to show, looking at RQ when the record alone cannot tell (a worker died mid-job)."""
+        status = VideoStatus(record["status"])
+        if status.is_terminal:
+            return status, record.get("error")
+        job = self._job(record["id"])
+        job_status = job.get_status(refresh=False) if job is not None else None
+        if job is None:
+            return VideoStatus.FAILED, {"code": "job_lost", "message": "The job disappeared from the queue."}
+        if job_status in (JobStatus.FAILED, JobStatus.STOPPED):
+            if record.get("error"):  # the last attempt said why before giving the job back
+                return VideoStatus.FAILED, record["error"]
+            # RQ's exception text (a worker's traceback) is for the worker's log, not for clients.
+            return VideoStatus.FAILED, {
+                "code": "worker_failed",
+                "message": "The worker running this video stopped before finishing it (killed or lost).",
+            }
+        if job_status == JobStatus.CANCELED:
+            return VideoStatus.CANCELLED, None
+        return status, None
+
+    def queue_position(self, video_id: str) -> int | None:
+        position = cast(int | None, self.redis.lpos(self.queue.key, video_id))
+        return position
+
+    def _job(self, video_id: str) -> Job | None:
+        try:
+            return Job.fetch(video_id, connection=self.redis, serializer=redis_keys.SERIALIZER)
+        except NoSuchJobError:
+            return None
+
+    # -- worker side ----------------------------------------------------------------------------
+
+    def update(self, video_id: str, **fields: Any) -> bool:
+        """Write fields of a record that still exists; False when it was deleted meanwhile."""
+        key = redis_keys.video_key(video_id)
+        # HSET on a deleted record would resurrect it as a fragment: only write while it exists.
+        written = self.redis.eval(_UPDATE_IF_EXISTS, 1, key, *_flatten(_encode(fields)))
+        return bool(written)
+
+    def end_if_unchanged(self, video_id: str, expected_status: str, **fields: Any) -> bool:
+        """Write fields (an ending) only while the record still has ``expected_status``: of several
+        processes that see the same lost job, one ends it (and sends its webhook)."""
+        key = redis_keys.video_key(video_id)
+        written = self.redis.eval(
+            _UPDATE_IF_STATUS, 1, key, json.dumps(expected_status), *_flatten(_encode(fields))
+        )
+        return bool(written)
+
+    def cancel_requested(self, video_id: str) -> bool:
+        return bool(self.redis.exists(redis_keys.cancel_key(video_id)))
+
+    def clear_cancel(self, video_id: str) -> None:
+        self.redis.delete(redis_keys.cancel_key(video_id))
+
+
+_UPDATE_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+_UPDATE_IF_STATUS = """
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+
+def _encode(fields: Record) -> dict[Any, Any]:
+    return {key: json.dumps(value) for key, value in fields.items()}
+
+
+def _decode(raw: dict[Any, Any]) -> Record:
+    return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+
+
+def _flatten(mapping: dict[Any, Any]) -> list[str]:
+    return [item for pair in mapping.items() for item in pair]

@@ -1,1 +1,0 @@
-"""The HTTP layer: routes, dependencies, error mapping. Never imported by the worker."""
