@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PORT ?= 8000
 
-.PHONY: dev test lint typecheck check clean
+.PHONY: dev test test-fast lint typecheck check clean deploy-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,33 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-test: lint typecheck
-	$(BIN)/python -m pytest -q
+# Everything: lint, types, the deployment files and every tier (unit, integration, e2e, distributed), slow
+# tests included (tests/deploy runs once, under deploy-check).
+test: deploy-check lint typecheck
+	$(BIN)/python -m pytest -q --ignore=tests/deploy
+
+# The unit and integration tiers without what trains or runs long: the loop while changing code.
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow" tests/unit tests/integration
+
+# The container and cluster files, checked without a Docker engine or a cluster (deploy/README.md, "What is
+# checked"): hadolint, `docker-compose config` of every combination, `kubectl kustomize` of every overlay
+# with kubernetes-validate (strict) and KEDA's CRD schema, and tests/deploy's assertions. kubectl (with its
+# kustomize) comes with the machine image; elsewhere install it, or point KUBECTL at one.
+# docker-compose 1.29.2 lives in its own virtualenv: it needs PyYAML 5.4, whose build needs Cython < 3.
+COMPOSE_VENV ?= $(VENV)-compose
+KUBECTL ?= kubectl
+
+$(COMPOSE_VENV)/.installed: tests/deploy/compose-requirements.txt
+	$(PYTHON) -m venv $(COMPOSE_VENV)
+	$(COMPOSE_VENV)/bin/python -m pip install --quiet "cython<3" wheel "setuptools<70"
+	$(COMPOSE_VENV)/bin/python -m pip install --quiet --no-build-isolation -r tests/deploy/compose-requirements.txt
+	touch $@
+
+deploy-check: $(BIN)/.installed $(COMPOSE_VENV)/.installed
+	@command -v $(KUBECTL) >/dev/null || { echo "deploy-check: '$(KUBECTL)' not found: install kubectl (it carries kustomize) or set KUBECTL=/path/to/kubectl" >&2; exit 1; }
+	DEPLOY_CHECK_STRICT=1 KUBECTL=$(KUBECTL) COMPOSE=$(COMPOSE_VENV)/bin/docker-compose \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/deploy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(COMPOSE_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -35,40 +35,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cache_metrics import Panel, scatter_svg, video_quality
-from service.core.model_profile import PROFILE_FILE, TINY_PROFILE
-from service.core.schemas import ADAPTIVE_CACHE_DEFAULTS, GenerationParams, resolve_cache
-from worker.cache import dit_cache_preset
+from service.core.cache import DIT_CACHE_PRESETS, AdaptiveCacheConfig, dit_cache_preset, resolve_cache
+from service.core.schemas import GenerationParams
 from worker.engine import WanEngine
-from worker.tiny_model import TRANSFORMER_CONFIG, build_tiny_pipeline
+from worker.tiny_model import write_random_model
 
 BLOCKS = 30
-BENCH_TRANSFORMER = {**TRANSFORMER_CONFIG, "num_layers": BLOCKS, "num_attention_heads": 4,
-                     "attention_head_dim": 32, "ffn_dim": 512}  # fmt: skip
+WIDER = {"num_layers": BLOCKS, "num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512}
+"""What the benchmark's transformer changes in the tiny model's."""
 PROMPTS = ("a red fox running through fresh snow", "a lighthouse on a cliff at sunset, waves crashing")
 SEEDS = (0, 1)
-REFERENCE = {"step_start": 20, "step_end": 47, "step_interval": 2, "block_start": 10, "block_end": 30}
+REFERENCE = DIT_CACHE_PRESETS["balanced"].to_json()
 ROWS: list[tuple[str, Any]] = [
     ("DiTCache reference = balanced (steps 20-47/2, blocks 10-30)", {"method": "dit", **REFERENCE}),
     ("DiTCache fast (steps 15-47/3, blocks 5-30)", "fast"),
-    (f"adaptive, default (t={ADAPTIVE_CACHE_DEFAULTS['threshold']:g})", "adaptive"),
+    (f"adaptive, default (t={AdaptiveCacheConfig().threshold:g})", "adaptive"),
     ("adaptive t=0.1", {"method": "adaptive", "threshold": 0.1}),
     ("adaptive t=0.15", {"method": "adaptive", "threshold": 0.15}),
     # How far any block cache can move this model's video: every block, every step after the second.
     ("floor: all 30 blocks cached on every step after the second", "floor"),
 ]
-
-
-def build_model(folder: Path) -> Path:
-    from diffusers import WanTransformer3DModel
-
-    pipe = build_tiny_pipeline()
-    torch.manual_seed(2)
-    pipe.transformer = WanTransformer3DModel(**BENCH_TRANSFORMER).eval()
-    pipe.register_modules(transformer=pipe.transformer)
-    pipe.save_pretrained(folder)
-    profile = {**TINY_PROFILE.to_json(), "name": "wan-30-blocks-random", "num_attention_heads": 4}
-    (folder / PROFILE_FILE).write_text(json.dumps(profile))
-    return folder
 
 
 def main() -> None:
@@ -90,7 +76,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
-    engine = WanEngine.load(build_model(Path(tempfile.mkdtemp()) / "wan-30"), device="cpu", dtype="float32")
+    model = write_random_model(Path(tempfile.mkdtemp()) / "wan-30", "wan-30-blocks-random", seed=2, **WIDER)
+    engine = WanEngine.load(model, device="cpu", dtype="float32")
     latents: list[torch.Tensor] = []  # what each request decoded, for the latent-space error
     decode = engine._decode
 
@@ -104,7 +91,7 @@ def main() -> None:
                             guidance_scale=5.0, seed=0)  # fmt: skip
     engine.generate(dataclasses.replace(base, prompt="warm-up", num_inference_steps=2))
     # The balanced preset is the reference schedule at 50 steps and 30 blocks: one row serves both.
-    assert dataclasses.asdict(dit_cache_preset("balanced", 50, BLOCKS)) == REFERENCE
+    assert dit_cache_preset("balanced", 50, BLOCKS).to_json() == REFERENCE
 
     runs: list[dict[str, Any]] = []
     noise: list[float] = []  # each uncached run's time over the previous one's: what the host's load does
@@ -118,7 +105,8 @@ def main() -> None:
                 if cache == "floor":
                     cache = {"method": "dit", "step_start": 1, "step_end": args.steps,
                              "step_interval": args.steps, "block_start": 0, "block_end": BLOCKS}  # fmt: skip
-                result = engine.generate(dataclasses.replace(params, cache=resolve_cache(cache)))
+                spec = resolve_cache(cache, num_steps=args.steps, num_layers=BLOCKS)
+                result = engine.generate(dataclasses.replace(params, cache=spec))
                 assert result.frames is not None and result.cache is not None
                 latent_error = float((latents[-1] - reference_latents).norm() / reference_latents.norm())
                 # An uncached run after every cached one: each is timed against its two neighbours, run

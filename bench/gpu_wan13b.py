@@ -15,19 +15,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker.tiny_model import TRANSFORMER_CONFIG, VAE_CONFIG
+
 WAN_13B = dict(
     patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
     text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=None, added_kv_proj_dim=None, rope_max_seq_len=1024,
 )  # fmt: skip
-TINY = {**WAN_13B, "num_attention_heads": 2, "attention_head_dim": 16, "text_dim": 32, "freq_dim": 32,
-        "ffn_dim": 64, "num_layers": 2}  # fmt: skip
 
 
 def synchronize(device: torch.device) -> None:
@@ -64,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    config = TINY if args.tiny else WAN_13B
+    config = TRANSFORMER_CONFIG if args.tiny else WAN_13B
     latent_shape = (1, 16, 5, 8, 8) if args.tiny else (1, 16, 21, 60, 104)  # 81 frames of 832x480
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     report: dict[str, Any] = {
@@ -107,7 +110,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        vae_config = {"base_dim": 8, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1} if args.tiny else {}
+        vae_config = VAE_CONFIG if args.tiny else {}
         with torch.device(device):
             vae = AutoencoderKLWan(**vae_config).float().eval()
         latents = torch.randn(latent_shape, device=device, dtype=torch.float32)

@@ -17,13 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
+from worker.tiny_model import write_random_model
 
-from service.core.model_profile import PROFILE_FILE, TINY_PROFILE
-from worker.tiny_model import TRANSFORMER_CONFIG, build_tiny_pipeline
-
-MID_TRANSFORMER = {**TRANSFORMER_CONFIG, "num_layers": 8, "num_attention_heads": 8, "attention_head_dim": 32,
-                   "ffn_dim": 1024}  # fmt: skip
+MID_TRANSFORMER = {"num_layers": 8, "num_attention_heads": 8, "attention_head_dim": 32, "ffn_dim": 1024}
+"""What the benchmark's transformer changes in the tiny model's."""
 HERE = Path(__file__).parent
 
 LAYOUTS = [
@@ -32,19 +29,6 @@ LAYOUTS = [
     ("2 ranks Ulysses 2 (1 thread each)", 2, 2, 1, 1),
     ("2 ranks CFG 2 (1 thread each)", 2, 1, 2, 1),
 ]
-
-
-def build_mid_model(folder: Path) -> Path:
-    from diffusers import WanTransformer3DModel
-
-    pipe = build_tiny_pipeline()
-    torch.manual_seed(1)
-    pipe.transformer = WanTransformer3DModel(**MID_TRANSFORMER).eval()
-    pipe.register_modules(transformer=pipe.transformer)
-    pipe.save_pretrained(folder)
-    profile = {**TINY_PROFILE.to_json(), "name": "wan-mid-random", "num_attention_heads": 8}
-    (folder / PROFILE_FILE).write_text(json.dumps(profile))
-    return folder
 
 
 def run(
@@ -67,7 +51,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--frames", type=int, default=33)
     args = parser.parse_args()
-    model = build_mid_model(Path(tempfile.mkdtemp()) / "wan-mid")
+    model = write_random_model(
+        Path(tempfile.mkdtemp()) / "wan-mid", "wan-mid-random", seed=1, **MID_TRANSFORMER
+    )
     seq = ((args.frames - 1) // 4 + 1) * (args.size // 16) ** 2
     d = MID_TRANSFORMER["num_attention_heads"] * MID_TRANSFORMER["attention_head_dim"]
     layers = MID_TRANSFORMER["num_layers"]

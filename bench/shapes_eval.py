@@ -28,12 +28,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cache_metrics import video_quality
-from service.core.schemas import GenerationParams, resolve_cache
+from service.core.cache import resolve_cache
+from service.core.schemas import GenerationParams
 from shapes_model.analyse import analyse_mp4
 from shapes_model.data import COLOURS, DIRECTIONS, SHAPES
-from worker.engine import WanEngine, to_uint8
+from worker.engine import WanEngine
 from worker.tiny_model import SHAPES_MODEL_DIR
-from worker.video import write_mp4
+from worker.video import to_uint8, write_mp4
 
 CACHES: dict[str, Any] = {
     "none": "none",

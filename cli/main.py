@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from service.core.settings import Settings
+from service.core.logs import configure_logging
+from service.core.settings import SettingsError, load_settings
 
 log = logging.getLogger("wanserve")
 
@@ -18,11 +20,14 @@ log = logging.getLogger("wanserve")
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("WANSERVE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    args.run(args)
+    command = f"wanserve {args.run.__name__.lstrip('_')}"
+    # Problems with the environment end in one line naming the variable, before anything heavy loads.
+    try:
+        args.settings = load_settings()
+        configure_logging(args.settings.log_level, args.settings.log_format)
+        args.run(args)
+    except SettingsError as exc:
+        raise SystemExit(f"{command}: {exc}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     api = commands.add_parser("api", help="the HTTP API against WANSERVE_REDIS_URL")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument(
+        "--workers", type=_positive, default=1, help="API processes sharing the port (uvicorn's workers)"
+    )
     api.set_defaults(run=_api)
 
     worker = commands.add_parser("worker", help="a GPU/NPU/CPU worker taking jobs from WANSERVE_REDIS_URL")
@@ -68,17 +76,43 @@ def _parser() -> argparse.ArgumentParser:
 def _api(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from service.api.app import create_app
-    from service.api.server import guarded_protocol
+    from service.api.app import server_app
+    from service.api.server import guarded_protocol, served_protocol_path
 
-    settings = Settings()
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_level="info",
-        http=guarded_protocol(settings.header_timeout_s),
-    )
+    settings = args.settings
+    app = server_app(settings)  # with several workers, only to refuse bad settings here, in one line
+    # log_config=None: uvicorn's own lines go through our handler (WANSERVE_LOG_FORMAT) too.
+    options = {"host": args.host, "port": args.port, "log_level": "info", "log_config": None}
+    workers = getattr(args, "workers", 1)
+    if workers > 1:
+        _share_metrics_between_processes()
+        # uvicorn starts each process from import paths; each reads the settings from the environment.
+        uvicorn.run(
+            "service.api.app:app_factory",
+            factory=True,
+            workers=workers,
+            http=served_protocol_path(),
+            **options,
+        )
+        return
+    uvicorn.run(app, http=guarded_protocol(settings.header_timeout_s), **options)
+
+
+def _share_metrics_between_processes() -> None:
+    """prometheus-client's multiprocess mode: every API process writes its HTTP metrics into one folder
+    that ``/metrics`` (in whichever process answers) adds up. Emptied at start: old files would count."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder is None:
+        folder = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wanserve-metrics-")
+    for stale in Path(folder).glob("*.db"):
+        stale.unlink()
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -91,23 +125,25 @@ def _worker(args: argparse.Namespace) -> None:
     if layout.ranks == 1:
         from worker.serve import run_worker
 
-        run_worker(Settings(), burst=args.burst)
+        run_worker(args.settings, burst=args.burst)
         return
     from worker.launcher import GroupLauncher
 
-    sys.exit(GroupLauncher(Settings(), layout).run())
+    sys.exit(GroupLauncher(args.settings, layout).run())
 
 
 def _dev(args: argparse.Namespace) -> None:
-    settings = Settings()
+    settings = args.settings
     embedded = None
-    if not settings.redis_url:
+    redis_url = settings.redis_url
+    if not redis_url:
         from cli.embedded_redis import EmbeddedRedis
 
         embedded = EmbeddedRedis(settings.data_dir / "redis")
-        log.info("embedded Redis at %s", embedded.url)
-    env = {**os.environ, "WANSERVE_REDIS_URL": settings.redis_url or embedded.url}  # type: ignore[union-attr]
-    os.environ["WANSERVE_REDIS_URL"] = env["WANSERVE_REDIS_URL"]
+        redis_url = embedded.url
+        log.info("embedded Redis at %s", redis_url)
+        args.settings = settings.model_copy(update={"redis_url": redis_url})
+    env = {**os.environ, "WANSERVE_REDIS_URL": redis_url}
     worker = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], env=env)
     # uvicorn re-raises SIGTERM/SIGINT after its shutdown; as SystemExit it lets the cleanup below run.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -128,15 +164,18 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    if not args.output.parent.is_dir():
+        raise SystemExit(f"wanserve generate: {args.output.parent} does not exist (the folder of --output)")
     from tqdm import tqdm
 
     from service.core.errors import InvalidRequest
+    from service.core.model_profile import profile_for_folder
     from service.core.schemas import parse_create_request, resolve_params
-    from worker.engine import to_uint8
-    from worker.serve import load_engine
-    from worker.video import write_mp4
+    from worker.engine import JobHooks
+    from worker.serve import load_engine, model_folder
+    from worker.video import to_uint8, write_mp4
 
-    settings = Settings()
+    settings = args.settings
     fields = (
         "size",
         "seconds",
@@ -148,18 +187,18 @@ def _generate(args: argparse.Namespace) -> None:
         "seed",
     )
     body = {"prompt": args.prompt, **{f: getattr(args, f) for f in fields if getattr(args, f) is not None}}
-    engine = load_engine(settings)
-    try:
+    try:  # the request is checked against the model's profile before its weights load
         params = resolve_params(
             parse_create_request(body),
-            engine.profile,
+            profile_for_folder(model_folder(settings), settings.model_name),
             max_prompt_chars=settings.max_prompt_chars,
             max_steps=settings.max_steps,
         )
     except InvalidRequest as exc:
         raise SystemExit(f"wanserve generate: {exc.message}") from None
+    engine = load_engine(settings)
     with tqdm(total=params.num_inference_steps, desc="denoise", unit="step") as bar:
-        result = engine.generate(params, on_step=lambda done, _total: bar.update(done - bar.n))
+        result = engine.generate(params, JobHooks(on_step=lambda done, _total: bar.update(done - bar.n)))
     assert result.frames is not None
     write_mp4(to_uint8(result.frames), args.output, params.fps)
     print(f"wrote {args.output}: {params.size}, {params.num_frames} frames, seed {params.seed}")

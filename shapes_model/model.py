@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from shapes_model.data import COLOURS, DIRECTIONS, SHAPES
+from worker import tiny_model
 
 WORDS = (
     *COLOURS,
@@ -20,41 +21,29 @@ WORDS = (
 )
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
-TRANSFORMER_CONFIG: dict[str, Any] = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=4,
-    attention_head_dim=32,
-    in_channels=16,
-    out_channels=16,
-    text_dim=64,
-    freq_dim=64,
-    ffn_dim=384,
-    num_layers=6,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=64,
-)
-VAE_CONFIG: dict[str, Any] = dict(
-    base_dim=16, z_dim=16, dim_mult=[1, 1, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]
-)
-TEXT_ENCODER_CONFIG: dict[str, Any] = dict(
-    vocab_size=len(WORDS) + 3,
-    d_model=64,
-    d_ff=128,
-    d_kv=16,
-    num_heads=4,
-    num_layers=2,
-    feed_forward_proj="gated-gelu",
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=32,
-    pad_token_id=0,
-    eos_token_id=1,
-    decoder_start_token_id=0,
-)
-SCHEDULER_CONFIG: dict[str, Any] = dict(
-    prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
-)
+# The tiny model's configs, larger where drawing shapes on cue needs it.
+TRANSFORMER_CONFIG: dict[str, Any] = {
+    **tiny_model.TRANSFORMER_CONFIG,
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "text_dim": 64,
+    "freq_dim": 64,
+    "ffn_dim": 384,
+    "num_layers": 6,
+    "rope_max_seq_len": 64,
+}
+VAE_CONFIG: dict[str, Any] = {**tiny_model.VAE_CONFIG, "base_dim": 16, "dim_mult": [1, 1, 2, 2]}
+TEXT_ENCODER_CONFIG: dict[str, Any] = {
+    **tiny_model.TEXT_ENCODER_CONFIG,
+    "vocab_size": len(WORDS) + 3,
+    "d_model": 64,
+    "d_ff": 128,
+    "num_heads": 4,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
+SCHEDULER_CONFIG = tiny_model.SCHEDULER_CONFIG
 
 
 def build_tokenizer() -> Any:

@@ -1,22 +1,27 @@
-"""Shared fixtures: a real Redis (a private database, flushed around each test) and the tiny model."""
+"""Fixtures every tier may use: a real Redis (a private database, flushed around each test), the tiny
+model, clients of the app and a recording webhook receiver. Each tier's conftest.py says what it may use."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
 from service.core.settings import Settings
+from tests.webhook_receivers import Receiver, serve
 
 TEST_REDIS_DB = 13
 
 # Tests run the random-weight tiny model unless they ask for the shipped shapes model: it is several
 # times faster, and every process a test starts inherits this.
 os.environ["WANSERVE_MODEL"] = "tiny-random"
+# Many workers run on this host at once: none binds the metrics port unless a test gives it one.
+os.environ["WANSERVE_METRICS_PORT"] = "0"
 
 
 def _answers(url: str) -> bool:
@@ -75,3 +80,31 @@ def engine(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def settings(redis: Redis, redis_url: str, data_dir: Path, tmp_path: Path) -> Settings:
     return Settings(redis_url=redis_url, data_dir=data_dir, storage_dir=tmp_path / "videos")
+
+
+@pytest.fixture
+def make_client(settings: Settings) -> Iterator[Callable[..., Any]]:
+    """Clients of apps built from ``settings`` with ``overrides``; each app's lifespan ends after the test."""
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+
+    clients: list[TestClient] = []
+
+    def make(**overrides: object) -> TestClient:
+        client = TestClient(create_app(settings.model_copy(update=overrides)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A recording webhook receiver on 127.0.0.1."""
+    state, stop = serve()
+    yield state
+    stop()

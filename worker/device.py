@@ -1,4 +1,5 @@
-"""Device and dtype choice: the one module that knows about CUDA and Ascend NPUs (and imports torch_npu)."""
+"""Device and dtype choice, and what differs by device kind: the one module that knows about CUDA and
+Ascend NPUs (and imports torch_npu)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 log = logging.getLogger("wanserve.worker")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_BACKENDS = {"cuda": "nccl", "npu": "hccl", "cpu": "gloo"}
 
 
 def npu_available() -> bool:
@@ -50,6 +52,38 @@ def select_dtype(name: str, device: torch.device) -> torch.dtype:
         return _DTYPES[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(_DTYPES)}") from None
+
+
+def collective_backend(device: torch.device) -> str:
+    """The torch.distributed backend for collectives between devices of this kind."""
+    return _BACKENDS[device.type]
+
+
+def use_fused_attention(transformer: Any, device: torch.device) -> None:
+    """The device's own attention kernel where diffusers has one we do not get by default: Ascend's fused
+    attention (``torch_npu.npu_fusion_attention``) on NPUs."""
+    if device.type == "npu":
+        transformer.set_attention_backend("_native_npu")
+
+
+def enable_context_parallel(transformer: Any, config: Any, device: torch.device) -> None:
+    """``transformer.enable_parallelism(config=config)``, on a host without an accelerator too.
+
+    diffusers (0.42) derives a device as ``rank % torch.accelerator.device_count()`` before it reads its
+    config, in ``enable_parallelism`` and in ``from_pretrained(parallel_config=...)`` alike, and takes no
+    argument that avoids it: a division by zero where there is no accelerator. The device it derives goes
+    unused once the config carries a mesh, as ours does; so for a CPU device the count reads 1 during the
+    call, and only then.
+    """
+    count = torch.accelerator.device_count
+    if device.type != "cpu" or count() > 0:
+        transformer.enable_parallelism(config=config)
+        return
+    torch.accelerator.device_count = lambda: 1
+    try:
+        transformer.enable_parallelism(config=config)
+    finally:
+        torch.accelerator.device_count = count
 
 
 def _accelerator(device: torch.device) -> Any | None:

@@ -24,11 +24,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from service.core.errors import GenerationCancelled, InvalidRequest
+from service.core.cache import CacheConfig, cache_report
+from service.core.errors import GenerationCancelled
 from service.core.lifecycle import Stage
 from service.core.model_profile import ModelProfile, profile_for_folder
 from service.core.schemas import GenerationParams
 from worker import device as devices
+from worker.errors import GenerationAborted
 from worker.parallel import ParallelLayout, ParallelRuntime, enable_ulysses
 
 log = logging.getLogger("wanserve.worker")
@@ -38,14 +40,22 @@ StepCallback = Callable[[int, int], None]
 StopCheck = Callable[[], bool]
 
 
-class GenerationAborted(RuntimeError):
-    """Every rank stopped the job at the same step boundary because of the leader: one of the job's
-    callbacks failed there (the leader chains it as ``__cause__``), or the job's deadline passed."""
+@dataclass(frozen=True)
+class JobHooks:
+    """What a job gives the engine besides its parameters; in a worker group, only the leader's count."""
 
-    def __init__(self, message: str, code: str = "generation_failed") -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
+    on_stage: StageCallback | None = None
+    """Called when a stage starts."""
+    on_step: StepCallback | None = None
+    """Called after each denoising step with (steps done, total steps)."""
+    should_stop: StopCheck | None = None
+    """Polled at each step boundary; True raises ``GenerationCancelled`` on every rank at that boundary."""
+    deadline: float | None = None
+    """A ``time.monotonic()`` time; once passed, the next step boundary raises ``GenerationAborted``
+    (code ``job_timeout``) on every rank."""
+
+
+NO_HOOKS = JobHooks()
 
 
 @dataclass(frozen=True)
@@ -65,15 +75,7 @@ class Engine(Protocol):
     @property
     def layout(self) -> dict[str, Any]: ...
 
-    def generate(
-        self,
-        params: GenerationParams,
-        *,
-        on_stage: StageCallback | None = None,
-        on_step: StepCallback | None = None,
-        should_stop: StopCheck | None = None,
-        deadline: float | None = None,
-    ) -> GenerationResult: ...
+    def generate(self, params: GenerationParams, hooks: JobHooks = NO_HOOKS) -> GenerationResult: ...
 
 
 @dataclass
@@ -83,7 +85,7 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float | None = None
     cache: dict[str, Any] | None = None
-    """The feature cache this request ran with (method, preset, resolved config) and its work: transformer
+    """The feature cache this request ran with and its work (``service.core.cache.cache_report``): transformer
     passes and blocks computed vs skipped, over every branch of the group (None before denoising)."""
 
 
@@ -97,43 +99,35 @@ class Denoised:
 
 
 class _JobCallbacks:
-    """The job's callbacks, as the leader runs them: an error is held, not raised, and becomes the verdict
+    """The job's hooks, as the leader runs them: an error is held, not raised, and becomes the verdict
     of the next step boundary (with the deadline and the cancel check)."""
 
-    def __init__(
-        self,
-        on_stage: StageCallback | None,
-        on_step: StepCallback | None,
-        should_stop: StopCheck | None,
-        deadline: float | None,
-    ) -> None:
-        self.on_stage = on_stage
-        self.on_step = on_step
-        self.should_stop = should_stop
-        self.deadline = deadline
+    def __init__(self, hooks: JobHooks) -> None:
+        self.hooks = hooks
         self.error: Exception | None = None
 
     def stage(self, stage: Stage) -> None:
-        if self.on_stage is not None:
-            self._call(self.on_stage, stage)
+        if self.hooks.on_stage is not None:
+            self._call(self.hooks.on_stage, stage)
 
     def step(self, done: int, total: int) -> None:
-        if self.on_step is not None:
-            self._call(self.on_step, done, total)
+        if self.hooks.on_step is not None:
+            self._call(self.hooks.on_step, done, total)
 
     def verdict(self, step: int, total: int) -> Verdict | None:
         """The decision before denoising step ``step + 1`` of ``total`` (``step == total``: after the end)."""
         where = f"before denoising step {step + 1} of {total}" if step < total else "before decoding"
-        if self.error is None and self.should_stop is not None:
+        should_stop, deadline = self.hooks.should_stop, self.hooks.deadline
+        if self.error is None and should_stop is not None:
             try:
-                if self.should_stop():
+                if should_stop():
                     return Verdict("cancel", f"Cancelled {where}.")
             except Exception as exc:
                 self.error = exc
         if self.error is not None:
             failed = type(self.error).__name__
             return Verdict("abort", f"The leader's job callback failed ({failed}); stopped {where}.")
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        if deadline is not None and time.monotonic() >= deadline:
             return Verdict("abort", f"The job's time limit passed; stopped {where}.", code="job_timeout")
         return None
 
@@ -191,9 +185,7 @@ class WanEngine:
         vae = AutoencoderKLWan.from_pretrained(str(folder), subfolder="vae", dtype=torch.float32)
         pipe = WanPipeline.from_pretrained(str(folder), vae=vae, dtype=torch_dtype).to(target)
         pipe.set_progress_bar_config(disable=True)
-        if target.type == "npu":
-            # Ascend's fused attention kernel (torch_npu.npu_fusion_attention) through diffusers.
-            pipe.transformer.set_attention_backend("_native_npu")
+        devices.use_fused_attention(pipe.transformer, target)
         _install_cache(pipe.transformer, parallel)  # before enable_parallelism: inside the split
         if parallel is not None and parallel.layout.ulysses > 1:
             enable_ulysses(pipe.transformer, parallel)
@@ -219,60 +211,37 @@ class WanEngine:
             "device": self.device.type,
         }
 
-    def generate(
-        self,
-        params: GenerationParams,
-        *,
-        on_stage: StageCallback | None = None,
-        on_step: StepCallback | None = None,
-        should_stop: StopCheck | None = None,
-        deadline: float | None = None,
-    ) -> GenerationResult:
+    def generate(self, params: GenerationParams, hooks: JobHooks = NO_HOOKS) -> GenerationResult:
         """Generate one video: :meth:`denoise`, then :meth:`decode` on the leader.
 
         Args:
             params: fully resolved request parameters (identical on every rank of a group).
-            on_stage: called when a stage starts.
-            on_step: called after each denoising step with (steps done, total steps).
-            should_stop: polled at each step boundary (on the leader); True raises ``GenerationCancelled``
-                on every rank at the same boundary.
-            deadline: a ``time.monotonic()`` time; once passed, the next step boundary raises
-                ``GenerationAborted`` (code ``job_timeout``) on every rank.
+            hooks: the job's callbacks and deadline (the leader's; followers pass none).
 
         Returns:
             The decoded frames (None on followers), the seconds spent in each stage, and the cache report.
 
         Raises:
-            InvalidRequest: If ``params.cache`` does not fit the model (``block_end`` beyond its blocks).
-            GenerationCancelled: If ``should_stop`` said so.
+            GenerationCancelled: If ``hooks.should_stop`` said so.
             GenerationAborted: If a callback raised (chained as its cause) or the deadline passed.
         """
-        denoised = self.denoise(
-            params, on_stage=on_stage, on_step=on_step, should_stop=should_stop, deadline=deadline
-        )
+        denoised = self.denoise(params, hooks)
         if not self._leads:
             peak = devices.peak_memory_mb(self.device)
             return GenerationResult(None, denoised.timings, peak, denoised.cache)
-        return self.decode(denoised, on_stage=on_stage)
+        return self.decode(denoised, on_stage=hooks.on_stage)
 
     @torch.inference_mode()
-    def denoise(
-        self,
-        params: GenerationParams,
-        *,
-        on_stage: StageCallback | None = None,
-        on_step: StepCallback | None = None,
-        should_stop: StopCheck | None = None,
-        deadline: float | None = None,
-    ) -> Denoised:
+    def denoise(self, params: GenerationParams, hooks: JobHooks = NO_HOOKS) -> Denoised:
         """The part of :meth:`generate` that every rank of a group runs together, up to its last collective.
 
         A callback that raises does not raise here at once: the error stops every rank at the next step
         boundary (the boundary after the last step included) as ``GenerationAborted``, its cause chained
         on the leader. Arguments and errors are those of :meth:`generate`.
         """
-        callbacks = _JobCallbacks(on_stage, on_step, should_stop, deadline)
-        cache_config, cache_report = self._cache_for(params)
+        callbacks = _JobCallbacks(hooks)
+        # A preset the API could not size (its profile lacked the layer count) is sized here.
+        cache = params.cache.sized(params.num_inference_steps, len(self.pipe.transformer.blocks))
         timings: dict[str, float] = {}
         devices.reset_peak_memory(self.device)
         passes = self._passes(use_cfg=params.guidance_scale > 1.0)
@@ -284,9 +253,9 @@ class WanEngine:
 
         callbacks.stage(Stage.DENOISE)
         with _timed(timings, "denoise_s"):
-            latents, cache_counts = self._denoise(params, embeds, callbacks, cache_config)
-        cache_report.update(self._group_cache_counts(cache_counts, use_cfg=params.guidance_scale > 1.0))
-        return Denoised(latents, timings, cache_report)
+            latents, cache_counts = self._denoise(params, embeds, callbacks, cache.config)
+        counts = self._group_cache_counts(cache_counts, use_cfg=params.guidance_scale > 1.0)
+        return Denoised(latents, timings, cache_report(cache, counts))
 
     @torch.inference_mode()
     def decode(self, denoised: Denoised, *, on_stage: StageCallback | None = None) -> GenerationResult:
@@ -306,19 +275,6 @@ class WanEngine:
     def _leads(self) -> bool:
         """Whether this rank runs the job's callbacks and decodes: the leader, or a lone process."""
         return self.parallel is None or self.parallel.is_leader
-
-    def _cache_for(self, params: GenerationParams) -> tuple[Any, dict[str, Any]]:
-        """The request's cache config sized to this transformer, and its description."""
-        from worker.cache.spec import cache_from_spec
-
-        try:
-            return cache_from_spec(
-                params.cache,
-                num_steps=params.num_inference_steps,
-                num_blocks=len(self.pipe.transformer.blocks),
-            )
-        except ValueError as exc:
-            raise InvalidRequest(f"Invalid 'cache' for {self.profile.name}: {exc}.", param="cache") from None
 
     def _group_cache_counts(self, counts: dict[str, int], *, use_cfg: bool) -> dict[str, int]:
         """This request's cache counts over the group: Ulysses ranks share passes (counted once, and
@@ -360,9 +316,9 @@ class WanEngine:
         params: GenerationParams,
         embeds: dict[str, torch.Tensor],
         callbacks: _JobCallbacks,
-        cache_config: Any = None,
+        cache_config: CacheConfig | None = None,
     ) -> tuple[torch.Tensor, dict[str, int]]:
-        from worker.cache import block_cache_stats, has_block_cache, set_block_cache
+        from worker.cache import block_cache_stats, set_block_cache
 
         pipe, transformer, scheduler = self.pipe, self.pipe.transformer, self.pipe.scheduler
         use_cfg = params.guidance_scale > 1.0
@@ -380,8 +336,6 @@ class WanEngine:
             generator,
         )
         timesteps = scheduler.timesteps
-        if not has_block_cache(transformer):  # an engine built around a pipeline rather than loaded
-            _install_cache(transformer, self.parallel)
         set_block_cache(transformer, cache_config, num_steps=len(timesteps))
         try:
             for i, t in enumerate(timesteps):
@@ -431,7 +385,7 @@ class WanEngine:
         """Every rank takes the leader's verdict at this step boundary: go on, cancel or abort."""
         verdict = callbacks.verdict(step, total) if self._leads else None
         if self.parallel is not None:
-            verdict = self.parallel.agree(verdict)
+            verdict = self.parallel.broadcast_decision(verdict)
         if verdict is None:
             return
         if verdict.action == "cancel":
@@ -458,11 +412,6 @@ def _install_cache(transformer: Any, parallel: ParallelRuntime | None) -> None:
     if parallel is not None and parallel.layout.ulysses > 1:
         group = parallel.mesh.get_group("ulysses")
     install_block_cache(transformer, process_group=group)
-
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """Float frames in [0, 1] to uint8, rounding as imageio and PIL do."""
-    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 @contextmanager

@@ -24,19 +24,14 @@ from typing import Any
 from redis import Redis
 
 from service.core.errors import GenerationCancelled
+from service.core.logs import configure_logging
 from service.core.schemas import GenerationParams
-from service.core.settings import Settings
-from worker.engine import (
-    Denoised,
-    GenerationAborted,
-    GenerationResult,
-    StageCallback,
-    StepCallback,
-    StopCheck,
-    WanEngine,
-)
+from service.core.settings import Settings, SettingsError, load_settings
+from worker.engine import NO_HOOKS, Denoised, GenerationResult, JobHooks, WanEngine
+from worker.errors import GenerationAborted, GroupFailed
 from worker.parallel import ParallelLayout, ParallelRuntime, init_parallel, shutdown_parallel
-from worker.serve import load_engine, serve
+from worker.presence import WorkerPresence
+from worker.serve import announce_presence, load_engine, serve, unique_worker_name
 
 log = logging.getLogger("wanserve.worker")
 
@@ -44,14 +39,6 @@ Outcome = tuple[str, str] | None
 """None for success, else (exception type, message)."""
 
 EXIT_GROUP_IN_DOUBT = 3
-
-
-class GroupFailed(RuntimeError):
-    """Another rank failed, or the ranks disagree about what happened."""
-
-    code = "worker_group_failed"
-    retryable = True
-    """The job itself may be fine: RQ's Retry gives it to the restarted group."""
 
 
 def group_in_doubt(outcomes: list[Outcome]) -> bool:
@@ -88,15 +75,7 @@ class GroupLeader:
                 self.runtime.broadcast({"op": "stop"})
         self._pinger.join(timeout=5)
 
-    def generate(
-        self,
-        params: GenerationParams,
-        *,
-        on_stage: StageCallback | None = None,
-        on_step: StepCallback | None = None,
-        should_stop: StopCheck | None = None,
-        deadline: float | None = None,
-    ) -> GenerationResult:
+    def generate(self, params: GenerationParams, hooks: JobHooks = NO_HOOKS) -> GenerationResult:
         """``WanEngine.generate`` over the group: every rank denoises, then the leader decodes.
 
         Raises:
@@ -112,9 +91,7 @@ class GroupLeader:
         denoised: Denoised | None = None
         error: Exception | None = None
         try:
-            denoised = self.engine.denoise(
-                params, on_stage=on_stage, on_step=on_step, should_stop=should_stop, deadline=deadline
-            )
+            denoised = self.engine.denoise(params, hooks)
         except Exception as exc:
             error = exc
         try:
@@ -132,7 +109,7 @@ class GroupLeader:
         if error is not None:
             raise error  # every rank stopped the same way (a cancel, an abort): the group is fine
         assert denoised is not None
-        return self.engine.decode(denoised, on_stage=on_stage)
+        return self.engine.decode(denoised, on_stage=hooks.on_stage)
 
     def _keep_alive(self) -> None:
         # NCCL/HCCL watchdogs and the control group's timeout end collectives that wait too long:
@@ -191,40 +168,48 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ulysses", type=int, default=1)
     parser.add_argument("--cfg", type=int, default=1)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("WANSERVE_LOG_LEVEL", "INFO").upper(),
-        format=f"%(asctime)s %(levelname)s rank{os.environ.get('RANK', '?')} %(name)s: %(message)s",
-    )
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"wanserve worker: {exc}") from None
+    configure_logging(settings.log_level, settings.log_format, rank=int(os.environ.get("RANK", "0")))
     layout = ParallelLayout(int(os.environ.get("WORLD_SIZE", "1")), args.ulysses, args.cfg)
     runtime = init_parallel(layout, settings.device, settings.dist_timeout_s)
-    engine = load_engine(settings, parallel=runtime)
     if not runtime.is_leader:
+        engine = load_engine(settings, parallel=runtime)
         signal.signal(signal.SIGTERM, _ignore_signal)
         signal.signal(signal.SIGINT, _ignore_signal)
         code = follow(runtime, engine)
     else:
-        code = _lead(settings, runtime, engine)
+        redis = Redis.from_url(settings.require_redis_url())
+        # The launcher names each incarnation of the group, and finds its leader by that name.
+        name = settings.worker_name or unique_worker_name()
+        presence = announce_presence(settings, redis, name, layout)
+        try:
+            engine = load_engine(settings, parallel=runtime)
+            presence.loaded(engine.profile, engine.layout)
+            code = _lead(settings, runtime, engine, redis, name, presence)
+        finally:
+            presence.close()
     if code == 0:
         shutdown_parallel()
     log.info("rank %d exiting with %d", runtime.rank, code)
     sys.exit(code)
 
 
-def _lead(settings: Settings, runtime: ParallelRuntime, engine: WanEngine) -> int:
-    assert settings.redis_url
-    leader = GroupLeader(runtime, engine, settings.keepalive_interval_s)
+def _lead(
+    settings: Settings,
+    runtime: ParallelRuntime,
+    engine: WanEngine,
+    redis: Redis,
+    name: str,
+    presence: WorkerPresence,
+) -> int:
+    leader = GroupLeader(runtime, engine, settings.keepalive_s)
     leader.start()
     log.info("group leader ready: %s", engine.layout)
     try:
-        # The launcher names each incarnation of the group, and finds its leader by that name.
-        serve(
-            settings,
-            leader,
-            Redis.from_url(settings.redis_url),
-            name=os.environ.get("WANSERVE_WORKER_NAME"),
-            stop_when=lambda: leader.in_doubt,
-        )
+        serve(settings, leader, redis, name=name, stop_when=lambda: leader.in_doubt, presence=presence)
     finally:
         if not leader.in_doubt:
             leader.stop()

@@ -89,8 +89,7 @@ class GroupLauncher:
     def __init__(
         self, settings: Settings, layout: ParallelLayout, entry: Sequence[str] = GROUP_ENTRY
     ) -> None:
-        if not settings.redis_url:
-            raise SystemExit("WANSERVE_REDIS_URL is not set (use `wanserve dev` for an embedded Redis)")
+        redis_url = settings.require_redis_url()
         folder = model_folder(settings)  # the tiny model is generated once here, not by every rank
         profile = profile_for_folder(folder)
         try:
@@ -99,7 +98,7 @@ class GroupLauncher:
             raise SystemExit(f"wanserve worker: {exc}") from None
         self.layout = layout
         self.command = torchrun_command(layout, entry)
-        self.redis = Redis.from_url(settings.redis_url)
+        self.redis = Redis.from_url(redis_url)
         self.name = unique_worker_name()
         self.env = {**os.environ, "WANSERVE_MODEL": str(folder)}
         if not settings.model:

@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from unittest import mock
 
 import torch
 import torch.distributed as dist
@@ -23,8 +22,6 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from worker import device as devices
 
 log = logging.getLogger("wanserve.worker")
-
-_BACKENDS = {"cuda": "nccl", "npu": "hccl", "cpu": "gloo"}
 
 
 @dataclass(frozen=True)
@@ -77,11 +74,11 @@ class ParallelRuntime:
     def cfg_rank(self) -> int:
         return int(self.mesh.get_local_rank("cfg"))
 
-    def agree(self, decision: Any) -> Any:
-        """The leader's decision (a cancel, an abort), taken by every rank at the same point of the loop.
+    def broadcast_decision(self, decision: Any) -> Any:
+        """The leader's ``decision`` on every rank (a cancel, an abort; None to go on), at the same point.
 
-        Followers pass anything (it is ignored). None, the usual "go on", costs one small broadcast; any
-        other decision is then sent whole.
+        Followers pass anything (it is ignored). None, the usual case, costs one small tensor broadcast;
+        any other decision is then sent whole with :meth:`broadcast`.
         """
         flag = torch.tensor([int(decision is not None)], dtype=torch.int32)
         dist.broadcast(flag, src=0, group=self.control)
@@ -118,7 +115,7 @@ def init_parallel(layout: ParallelLayout, device_name: str, timeout_s: float) ->
         raise ValueError(f"torchrun started {world_size} ranks but the layout needs {layout.ranks}")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = devices.select_device(device_name, local_rank)
-    dist.init_process_group(_BACKENDS[device.type], timeout=timedelta(seconds=timeout_s))
+    dist.init_process_group(devices.collective_backend(device), timeout=timedelta(seconds=timeout_s))
     # Twice as patient as the compute group: after a rank fails mid-step, its peers first sit out the
     # compute collective's timeout, and only then join the control plane to compare outcomes.
     control = dist.new_group(backend="gloo", timeout=timedelta(seconds=2 * timeout_s))
@@ -137,13 +134,7 @@ def enable_ulysses(transformer: Any, runtime: ParallelRuntime) -> None:
     config = ContextParallelConfig(
         ulysses_degree=runtime.layout.ulysses, mesh=runtime.mesh["ring", "ulysses"]
     )
-    if runtime.device.type == "cpu":
-        # diffusers computes `rank % torch.accelerator.device_count()`, which is a division by zero
-        # on a CPU-only host; the device it derives is unused once a mesh is given.
-        with mock.patch.object(torch.accelerator, "device_count", return_value=1):
-            transformer.enable_parallelism(config=config)
-    else:
-        transformer.enable_parallelism(config=config)
+    devices.enable_context_parallel(transformer, config, runtime.device)
 
 
 def shutdown_parallel() -> None:

@@ -23,10 +23,12 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.job import Job
 
 from service.core.lost_jobs import settle_lost_jobs
 from service.core.video_store import VideoStore
+from worker.presence import WorkerPresence
 
 log = logging.getLogger("wanserve.worker")
 
@@ -38,6 +40,11 @@ class WanWorker(SimpleWorker):
     """For the expiry time in the webhook of a video this worker ends because its job was lost."""
     stop_when: Callable[[], bool] = staticmethod(lambda: False)
     """Checked after each job: True ends the work loop (a worker group that can no longer be trusted)."""
+    presence: WorkerPresence | None = None
+    """The worker's registry entry and probes: busy while a job runs, draining once asked to stop."""
+    stop_requested: bool = False
+    """Whether the work loop ended, or ends after the running job, because it was asked to: a signal,
+    RQ's shutdown command, or ``stop_when``. False when it ended otherwise (Redis was lost)."""
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         stop = threading.Event()
@@ -48,18 +55,31 @@ class WanWorker(SimpleWorker):
         finally:
             stop.set()
 
+    def handle_warm_shutdown_request(self) -> None:
+        # RQ's hook for a signal or its shutdown command: the loop ends now, or after the running job.
+        self.stop_requested = True
+        if self.presence is not None:
+            self.presence.draining()
+        super().handle_warm_shutdown_request()
+
     def perform_job(self, job: Job, queue: Queue) -> bool:
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(job, stop), name="rq-heartbeat", daemon=True)
         beat.start()
+        if self.presence is not None:
+            self.presence.busy(job.id)
         try:
-            return super().perform_job(job, queue)
+            performed = super().perform_job(job, queue)
         finally:
             stop.set()
             beat.join(timeout=5)
-            if self.stop_when():
-                log.error("worker %s stops taking jobs: its group must restart", self.name)
-                self._stop_requested = True
+            if self.presence is not None:
+                self.presence.idle()
+        if self.stop_when():
+            log.error("worker %s stops taking jobs: its group must restart", self.name)
+            self.stop_requested = True
+            raise StopRequested  # RQ's way out of the work loop; the job has ended
+        return performed
 
     def _beat(self, job: Job, stop: threading.Event) -> None:
         interval = max(1.0, self.heartbeat_ttl_s / 4)

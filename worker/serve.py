@@ -16,11 +16,13 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from service.core import redis_keys
-from service.core.model_profile import RANDOM_MODEL_ALIAS
-from service.core.settings import Settings
+from service.core.logs import log_context
+from service.core.model_profile import RANDOM_MODEL_ALIAS, profile_for_folder
+from service.core.settings import Settings, SettingsError
 from worker import tasks
 from worker.engine import Engine, WanEngine
-from worker.parallel import ParallelRuntime
+from worker.parallel import ParallelLayout, ParallelRuntime
+from worker.presence import WorkerPresence
 from worker.rq_worker import WanWorker
 from worker.tiny_model import SHAPES_MODEL_DIR, ensure_tiny_model
 
@@ -35,7 +37,7 @@ def model_folder(settings: Settings) -> Path:
     if settings.model:
         folder = Path(settings.model)
         if not folder.is_dir():
-            raise SystemExit(
+            raise SettingsError(
                 f"WANSERVE_MODEL={settings.model} is not a folder (weights are never downloaded)"
             )
         return folder
@@ -57,9 +59,22 @@ def unique_worker_name() -> str:
     return f"wanserve-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def make_worker(settings: Settings, engine: Engine, redis: Redis, name: str | None = None) -> WanWorker:
+def announce_presence(settings: Settings, redis: Redis, name: str, layout: ParallelLayout) -> WorkerPresence:
+    """Register the worker as loading (with its probes up), from the model's profile, before weights load."""
+    model = profile_for_folder(model_folder(settings), settings.model_name).name
+    parallel = {"ranks": layout.ranks, "ulysses": layout.ulysses, "cfg": layout.cfg}
+    return WorkerPresence(settings, redis, name, model, parallel).announce()
+
+
+def make_worker(
+    settings: Settings,
+    engine: Engine,
+    redis: Redis,
+    name: str | None = None,
+    presence: WorkerPresence | None = None,
+) -> WanWorker:
     """An RQ worker over the resident engine, its model's profile published for the API."""
-    tasks.configure(engine, settings)
+    tasks.configure(engine, settings, presence.metrics if presence is not None else None)
     redis.hset(redis_keys.MODEL_REGISTRY_KEY, engine.profile.name, json.dumps(engine.profile.to_json()))
     worker = WanWorker(
         [settings.queue],
@@ -70,6 +85,7 @@ def make_worker(settings: Settings, engine: Engine, redis: Redis, name: str | No
     worker.heartbeat_ttl_s = settings.heartbeat_ttl_s
     worker.reap_interval_s = settings.reap_interval_s
     worker.result_ttl_s = settings.result_ttl_s
+    worker.presence = presence
     return worker
 
 
@@ -81,6 +97,7 @@ def serve(
     name: str | None = None,
     burst: bool = False,
     stop_when: Callable[[], bool] | None = None,
+    presence: WorkerPresence | None = None,
 ) -> None:
     """Take jobs until asked to stop (a signal, ``burst`` done, or ``stop_when``), riding out Redis outages.
 
@@ -92,13 +109,18 @@ def serve(
     for incarnation in itertools.count():
         try:
             worker = make_worker(
-                settings, engine, redis, name=base if incarnation == 0 else f"{base}-c{incarnation}"
+                settings,
+                engine,
+                redis,
+                name=base if incarnation == 0 else f"{base}-c{incarnation}",
+                presence=presence,
             )
             if stop_when is not None:
                 worker.stop_when = stop_when
             log.info("worker %s ready: model %s, queue %s", worker.name, engine.profile.name, settings.queue)
-            worker.work(burst=burst, logging_level=level, with_scheduler=False)
-            if burst or worker._stop_requested or worker._shutdown_requested_date is not None:
+            with log_context(worker=base):
+                worker.work(burst=burst, logging_level=level, with_scheduler=False)
+            if burst or worker.stop_requested:
                 return
         except RedisError as exc:
             log.warning("Redis unavailable: %s", exc)
@@ -118,7 +140,12 @@ def _wait_for_redis(redis: Redis, max_delay_s: float = 10.0) -> None:
 
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:
-    if not settings.redis_url:
-        raise SystemExit("WANSERVE_REDIS_URL is not set (use `wanserve dev` for an embedded Redis)")
-    engine = load_engine(settings)
-    serve(settings, engine, Redis.from_url(settings.redis_url), burst=burst)
+    redis = Redis.from_url(settings.require_redis_url())
+    name = settings.worker_name or unique_worker_name()
+    presence = announce_presence(settings, redis, name, ParallelLayout())
+    try:
+        engine = load_engine(settings)
+        presence.loaded(engine.profile, engine.layout)
+        serve(settings, engine, redis, name=name, burst=burst, presence=presence)
+    finally:
+        presence.close()

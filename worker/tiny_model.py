@@ -5,10 +5,14 @@ folder, so the service cannot tell the difference.
   shipped with the package; it draws what it is told.
 - ``tiny-random``: random weights from a fixed seed, generated once into the models cache; it only draws
   noise, fast, for tests. The same seed gives the same weights on every run and machine (same torch).
+
+Its configs are the base the shapes model (``shapes_model.model``) and the benchmarks' random models
+(:func:`write_random_model`) change.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +23,7 @@ from typing import Any
 
 import torch
 
-from service.core.model_profile import PROFILE_FILE, SHAPES_MODEL_NAME, TINY_PROFILE
+from service.core.model_profile import PROFILE_FILE, SHAPES_MODEL_NAME, TINY_PROFILE, ModelProfile
 
 log = logging.getLogger("wanserve.worker")
 
@@ -81,6 +85,27 @@ def build_tiny_pipeline(seed: int = TINY_SEED) -> Any:
     )
 
 
+def write_random_model(folder: Path, name: str, seed: int, **transformer: Any) -> Path:
+    """A random-weight model folder for benchmarks: the tiny model with its transformer's config changed
+    by ``transformer`` (more layers, wider), that transformer's weights drawn from ``seed``."""
+    from diffusers import WanTransformer3DModel
+
+    config = {**TRANSFORMER_CONFIG, **transformer}
+    pipe = build_tiny_pipeline()
+    torch.manual_seed(seed)
+    model: Any = WanTransformer3DModel(**config)
+    pipe.register_modules(transformer=model.eval())
+    profile = dataclasses.replace(TINY_PROFILE, name=name, num_attention_heads=config["num_attention_heads"])
+    _save(pipe, folder, profile)
+    return folder
+
+
+def _save(pipe: Any, folder: Path, profile: ModelProfile) -> None:
+    pipe.save_pretrained(folder)
+    # Written last: its presence marks a complete folder.
+    (folder / PROFILE_FILE).write_text(json.dumps(profile.to_json(), indent=2))
+
+
 def tiny_model_dir(models_dir: Path) -> Path:
     return models_dir / f"{TINY_PROFILE.name}-{TINY_VERSION}"
 
@@ -94,9 +119,7 @@ def ensure_tiny_model(models_dir: Path) -> Path:
     log.info("generating the tiny random-weight Wan2.1 model into %s", target)
     staging = Path(tempfile.mkdtemp(dir=models_dir, prefix=".tiny-"))
     try:
-        build_tiny_pipeline().save_pretrained(staging)
-        # Written last: its presence marks a complete folder.
-        (staging / PROFILE_FILE).write_text(json.dumps(TINY_PROFILE.to_json(), indent=2))
+        _save(build_tiny_pipeline(), staging, TINY_PROFILE)
         try:
             os.rename(staging, target)
         except OSError:

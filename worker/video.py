@@ -1,4 +1,5 @@
-"""Frames to files: the MP4 (H.264, yuv420p, faststart), a thumbnail and a spritesheet."""
+"""Frames to files: the MP4 (H.264, yuv420p, faststart), a thumbnail and a spritesheet; and the engine's
+float frames to the uint8 frames these take."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import imageio.v3 as iio
 import numpy as np
 
 SPRITESHEET_COLUMNS = 8
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] to uint8, rounding as imageio and PIL do."""
+    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 def write_mp4(frames: np.ndarray, path: Path, fps: int) -> None:

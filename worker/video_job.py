@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import re
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,11 +32,13 @@ from rq.timeouts import JobTimeoutException
 from service.core.errors import GenerationCancelled, InvalidRequest, StorageError, VideoNotFound
 from service.core.lifecycle import Stage, VideoStatus
 from service.core.schemas import GenerationParams
-from service.core.storage import LocalStorage, sha256_of
+from service.core.storage import VARIANT_FILES, Storage, StoredFile
 from service.core.video_store import VideoStore
-from service.core.webhook_queue import notify_ended
-from worker.engine import Engine, GenerationAborted, to_uint8
-from worker.video import write_mp4, write_spritesheet, write_thumbnail
+from service.core.webhook_queue import video_ended
+from worker.engine import Engine, JobHooks
+from worker.errors import GenerationAborted, GroupFailed
+from worker.metrics import StepClock, WorkerMetrics, skipped_ratio
+from worker.video import to_uint8, write_mp4, write_spritesheet, write_thumbnail
 
 log = logging.getLogger("wanserve.worker")
 
@@ -58,17 +62,27 @@ def denoise_progress(steps_done: int, total: int) -> int:
 
 
 class VideoJobRunner:
-    def __init__(self, store: VideoStore, storage: LocalStorage, engine: Engine, worker_name: str) -> None:
+    """Runs video jobs on the resident engine: the video's record in ``store``, its files in ``storage``."""
+
+    def __init__(
+        self,
+        store: VideoStore,
+        storage: Storage,
+        engine: Engine,
+        worker_name: str,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.store = store
         self.storage = storage
         self.engine = engine
         self.worker_name = worker_name
+        self.metrics = metrics
 
     def run(self, video_id: str) -> dict[str, Any]:
         """Generate and store one video; the record ends completed, cancelled or failed.
 
         A failure is recorded on the video and the job returns normally: RQ would otherwise retry it.
-        Only a failure of the worker group itself (``retryable``) is raised, so that RQ's ``Retry``
+        Only a failure of the worker group itself (``GroupFailed``) is raised, so that RQ's ``Retry``
         puts the job back on the queue for the restarted group; the record then says queued again.
         A job that RQ hands out again after it ended (a worker thought dead was not) is skipped.
         """
@@ -98,30 +112,39 @@ class VideoJobRunner:
             attempts=int(record.get("attempts", 0)) + 1,
             progress=0,
         )
+        clock = StepClock()
+
+        def on_stage(stage: Stage) -> None:
+            if stage == Stage.DENOISE:
+                clock.start()
+            self._stage(video_id, stage)
+
+        def on_step(done: int, total: int) -> None:
+            clock.lap()
+            self._progress(video_id, denoise_progress(done, total))
+
         try:
-            result = self.engine.generate(
-                params,
-                on_stage=lambda stage: self._stage(video_id, stage),
-                on_step=lambda done, total: self._progress(video_id, denoise_progress(done, total)),
+            hooks = JobHooks(
+                on_stage=on_stage,
+                on_step=on_step,
                 should_stop=lambda: self.store.cancel_requested(video_id),
                 deadline=deadline,
             )
+            result = self.engine.generate(params, hooks)
             timings.update(result.timings)
-            self._stage(video_id, Stage.ENCODE)
-            encode_started = time.perf_counter()
             assert result.frames is not None, "the leader always decodes"
-            files = self._write_files(video_id, to_uint8(result.frames), params.fps)
-            timings["encode_s"] = round(time.perf_counter() - encode_started, 4)
+            stored = self._store_files(video_id, to_uint8(result.frames), params.fps, timings)
         except GenerationCancelled as exc:
-            return self._cancelled(video_id, exc.message)
+            return self._cancelled(video_id, exc.message, timings)
         except Exception as exc:
             log.exception("%s failed", video_id)  # the whole story, for us; the client gets a summary
             self.storage.delete(video_id)
-            if getattr(exc, "retryable", False):
+            if isinstance(exc, GroupFailed):
                 self.store.update(
                     video_id, status=VideoStatus.QUEUED.value, stage=Stage.QUEUED.value, progress=0,
                     error=client_error(exc, limit_s),
                 )  # fmt: skip
+                self._record("retried", timings)
                 raise
             self.store.update(
                 video_id,
@@ -131,12 +154,9 @@ class VideoJobRunner:
                 timings=timings,
             )
             self._notify(video_id)
+            self._record("failed", timings)
             return {"status": "failed"}
 
-        self._stage(video_id, Stage.STORE)
-        store_started = time.perf_counter()
-        digests = {variant: sha256_of(path) for variant, path in files.items()}
-        timings["store_s"] = round(time.perf_counter() - store_started, 4)
         finished = time.time()
         still_wanted = self.store.update(
             video_id,
@@ -145,8 +165,8 @@ class VideoJobRunner:
             progress=100,
             completed_at=finished,
             timings=timings,
-            files=digests,
-            bytes=files["video"].stat().st_size,
+            files={variant: file.sha256 for variant, file in stored.items()},
+            bytes=stored["video"].size,
             inference_time_s=round(finished - started, 4),
             peak_memory_mb=round(result.peak_memory_mb, 1) if result.peak_memory_mb is not None else None,
             cache=result.cache,
@@ -154,8 +174,16 @@ class VideoJobRunner:
         if not still_wanted:
             log.info("%s was deleted while it ran; removing its files", video_id)
             self.storage.delete(video_id)
+            self._record("deleted", timings)
             return {"status": "deleted"}
         self._notify(video_id)
+        self._record(
+            "completed",
+            timings,
+            skipped_ratio=skipped_ratio(result.cache),
+            peak_memory_bytes=result.peak_memory_mb * 2**20 if result.peak_memory_mb is not None else None,
+            step_seconds=clock.laps,
+        )
         log.info("%s completed in %.2f s %s", video_id, finished - started, timings)
         return {"status": "completed", "timings": timings}
 
@@ -164,7 +192,7 @@ class VideoJobRunner:
             record = self.store.get(video_id)
         except VideoNotFound:  # deleted meanwhile: nobody to tell
             return
-        notify_ended(self.store.redis, record)
+        video_ended(self.store.redis, record)
 
     def _progress(self, video_id: str, progress: int) -> None:
         self.store.update(video_id, progress=progress)
@@ -172,15 +200,35 @@ class VideoJobRunner:
     def _stage(self, video_id: str, stage: Stage) -> None:
         self.store.update(video_id, stage=stage.value, progress=_STAGE_PROGRESS.get(stage, 0))
 
-    def _write_files(self, video_id: str, frames: np.ndarray, fps: int) -> dict[str, Path]:
-        writers: dict[str, Callable[[Path], None]] = {
-            "video": lambda path: write_mp4(frames, path, fps),
-            "thumbnail": lambda path: write_thumbnail(frames, path),
-            "spritesheet": lambda path: write_spritesheet(frames, path),
-        }
-        return {variant: self.storage.write(video_id, variant, write) for variant, write in writers.items()}
+    def _store_files(
+        self, video_id: str, frames: np.ndarray, fps: int, timings: dict[str, float]
+    ) -> dict[str, StoredFile]:
+        """Encode every variant into a scratch folder (stage ``encode``), then store each (stage ``store``:
+        a rename into place, or an upload)."""
+        self._stage(video_id, Stage.ENCODE)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"{video_id}-") as scratch:
+            encoded = {variant: Path(scratch) / name for variant, (name, _) in VARIANT_FILES.items()}
+            write_mp4(frames, encoded["video"], fps)
+            write_thumbnail(frames, encoded["thumbnail"])
+            write_spritesheet(frames, encoded["spritesheet"])
+            timings["encode_s"] = round(time.perf_counter() - started, 4)
+            self._stage(video_id, Stage.STORE)
+            started = time.perf_counter()
+            stored = {
+                variant: self.storage.put(video_id, variant, _moved_from(source))
+                for variant, source in encoded.items()
+            }
+        timings["store_s"] = round(time.perf_counter() - started, 4)
+        return stored
 
-    def _cancelled(self, video_id: str, message: str) -> dict[str, Any]:
+    def _record(self, status: str, timings: dict[str, float], **details: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.record_job(timings, status, **details)
+
+    def _cancelled(
+        self, video_id: str, message: str, timings: dict[str, float] | None = None
+    ) -> dict[str, Any]:
         log.info("%s cancelled: %s", video_id, message)
         self.storage.delete(video_id)
         self.store.update(
@@ -191,7 +239,15 @@ class VideoJobRunner:
         )
         self.store.clear_cancel(video_id)
         self._notify(video_id)
+        self._record("cancelled", timings or {})
         return {"status": "cancelled"}
+
+
+def _moved_from(source: Path) -> Callable[[Path], None]:
+    def produce(path: Path) -> None:
+        shutil.move(source, path)
+
+    return produce
 
 
 def _cooperative_time_limit_s() -> int | None:
@@ -235,7 +291,9 @@ def client_error(exc: BaseException, limit_s: int | None = None) -> dict[str, st
         limit_s: the job's time limit, named in a ``job_timeout`` message.
     """
     cause = exc.__cause__ if isinstance(exc, GenerationAborted) and exc.__cause__ is not None else exc
-    if isinstance(cause, JobTimeoutException) or getattr(cause, "code", None) == "job_timeout":
+    if isinstance(cause, JobTimeoutException) or (
+        isinstance(cause, GenerationAborted) and cause.code == "job_timeout"
+    ):
         limit = f"its {limit_s} s" if limit_s else "its"
         return {
             "code": "job_timeout",
@@ -245,7 +303,7 @@ def client_error(exc: BaseException, limit_s: int | None = None) -> dict[str, st
         return {"code": cause.code, "message": _sanitised(cause.message)}
     if _out_of_memory(cause):
         code = "out_of_memory"
-    elif getattr(cause, "code", None) == "worker_group_failed":
+    elif isinstance(cause, GroupFailed):
         code = "worker_group_failed"
     else:
         code = "generation_failed"

@@ -10,21 +10,8 @@ from typing import Any, cast
 
 from redis import Redis
 
-from service.core.errors import WanserveError
-
-
-class TooManyRequests(WanserveError):
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retry_after_s = retry_after_s
-
-
-class IdempotencyConflict(WanserveError):
-    type = "invalid_request_error"
-    code = "idempotency_key_reused"
+from service.core import redis_keys
+from service.core.errors import IdempotencyConflict, TooManyRequests
 
 
 def check_rate(redis: Redis, owner: str, per_minute: int, now: float | None = None) -> None:
@@ -33,7 +20,7 @@ def check_rate(redis: Redis, owner: str, per_minute: int, now: float | None = No
         return
     now = time.time() if now is None else now
     window = int(now // 60)
-    key = f"wanserve:rate:{owner}:{window}"
+    key = redis_keys.rate_key(owner, window)
     with redis.pipeline() as pipe:
         pipe.incr(key)
         pipe.expire(key, 120)
@@ -69,7 +56,7 @@ class IdempotencyKeys:
 
     @staticmethod
     def slot(owner: str, key: str) -> str:
-        return f"wanserve:idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
+        return redis_keys.idempotency_key(owner, key)
 
     def claim(self, owner: str, key: str, body: dict[str, Any], video_id: str) -> str | None:
         """Claim ``key`` for ``video_id``; returns the video id an earlier request with it created.

@@ -7,15 +7,11 @@ import hmac
 import logging
 from pathlib import Path
 
-from service.core.errors import WanserveError
+from service.core.errors import Unauthorized
 from service.core.redis_keys import PUBLIC_OWNER
+from service.core.settings import SettingsError
 
 log = logging.getLogger("wanserve.api")
-
-
-class Unauthorized(WanserveError):
-    type = "invalid_request_error"
-    code = "invalid_api_key"
 
 
 def _digest(key: str) -> bytes:
@@ -30,10 +26,22 @@ class ApiKeys:
 
     @classmethod
     def load(cls, keys: str | None, keys_file: Path | None) -> ApiKeys:
-        """From ``WANSERVE_API_KEYS`` (comma-separated) and ``WANSERVE_API_KEYS_FILE`` (one per line)."""
+        """From ``WANSERVE_API_KEYS`` (comma-separated) and ``WANSERVE_API_KEYS_FILE`` (one per line).
+
+        Raises:
+            SettingsError: The keys file cannot be read, or holds no key (the API would be open to anyone
+                while its operator meant to close it).
+        """
         found = [key.strip() for key in (keys or "").split(",")]
         if keys_file is not None:
-            found += [line.strip() for line in keys_file.read_text().splitlines() if not line.startswith("#")]
+            try:
+                lines = keys_file.read_text().splitlines()
+            except OSError as exc:
+                raise SettingsError(f"WANSERVE_API_KEYS_FILE={keys_file}: {exc.strerror or exc}") from None
+            from_file = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+            if not from_file:
+                raise SettingsError(f"WANSERVE_API_KEYS_FILE={keys_file} holds no key: the API would be open")
+            found += from_file
         api_keys = cls([key for key in found if key])
         if not api_keys.enabled:
             log.warning("NO API KEYS CONFIGURED: anyone who can reach this port can create and read videos")

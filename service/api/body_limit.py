@@ -4,20 +4,12 @@ into memory or hold a worker thread."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.error_handlers import error_body
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class BodyTooSlow(Exception):
-    pass
+from service.api.error_handlers import error_bytes
+from service.core.errors import RequestTimeout, RequestTooLarge, WanserveError
 
 
 class BodyLimitMiddleware:
@@ -35,7 +27,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send, 413, f"The request body is larger than {self.max_bytes} bytes.")
+            await _reject(send, self._too_large())
             return
         seen = 0
         body_done = False
@@ -48,34 +40,29 @@ class BodyLimitMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                raise BodyTooSlow from None
+                raise self._too_slow() from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge
+                    raise self._too_large()
                 body_done = not message.get("more_body", False)
             return message
 
         try:
             await self.app(scope, limited_receive, send)
-        except BodyTooLarge:
-            await self._reject(send, 413, f"The request body is larger than {self.max_bytes} bytes.")
-        except BodyTooSlow:
-            await self._reject(
-                send, 408, f"The request body did not arrive within {self.timeout_s:g} s.", "request_timeout"
-            )
+        except (RequestTooLarge, RequestTimeout) as exc:
+            await _reject(send, exc)
 
-    async def _reject(self, send: Send, status: int, message: str, code: str = "request_too_large") -> None:
-        body = json.dumps(error_body(message, "invalid_request_error", None, code)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    def _too_large(self) -> RequestTooLarge:
+        return RequestTooLarge(f"The request body is larger than {self.max_bytes} bytes.")
+
+    def _too_slow(self) -> RequestTimeout:
+        return RequestTimeout(f"The request body did not arrive within {self.timeout_s:g} s.")
+
+
+async def _reject(send: Send, exc: WanserveError) -> None:
+    body = error_bytes(exc)
+    headers = {"content-type": "application/json", "content-length": str(len(body)), **exc.headers}
+    raw_headers = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})

@@ -12,13 +12,13 @@ from redis.exceptions import RedisError
 
 from service.core.errors import VideoNotFound
 from service.core.lost_jobs import settle_lost_jobs
-from service.core.storage import LocalStorage
+from service.core.storage import Storage
 from service.core.video_store import VideoStore
 
 log = logging.getLogger("wanserve")
 
 
-def clean_expired(store: VideoStore, storage: LocalStorage, ttl_s: float, now: float | None = None) -> int:
+def clean_expired(store: VideoStore, storage: Storage, ttl_s: float, now: float | None = None) -> int:
     """Remove expired videos; returns how many."""
     removed = 0
     for video_id in store.expired_ids(ttl_s, now):
@@ -34,7 +34,7 @@ def clean_expired(store: VideoStore, storage: LocalStorage, ttl_s: float, now: f
 
 
 def run_cleaner(
-    store: VideoStore, storage: LocalStorage, ttl_s: int, interval_s: float, stop: threading.Event
+    store: VideoStore, storage: Storage, ttl_s: int, interval_s: float, stop: threading.Event
 ) -> None:
     while not stop.wait(interval_s):
         try:

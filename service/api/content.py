@@ -13,7 +13,8 @@ from pathlib import Path
 from fastapi.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
-from service.api.error_handlers import SafeJSONResponse, error_body
+from service.api.error_handlers import error_response
+from service.core.errors import RangeNotSatisfiable
 
 _RANGE_SPEC = re.compile(r"^\s*(?:(\d+)-(\d*)|-(\d+))\s*$")
 MAX_RANGES = 100
@@ -65,16 +66,7 @@ class StoredFileResponse(FileResponse):
             size = Path(self.path).stat().st_size
             ranges = parse_range(raw_range.decode("latin-1"), size)
             if ranges == []:
-                error = error_body(
-                    f"The requested range is not satisfiable; the file has {size} bytes.",
-                    "invalid_request_error",
-                    "Range",
-                    "range_not_satisfiable",
-                )
-                response = SafeJSONResponse(
-                    error, status_code=416, headers={"Content-Range": f"bytes */{size}"}
-                )
-                await response(scope, receive, send)
+                await error_response(RangeNotSatisfiable(size))(scope, receive, send)
                 return
             if ranges is not None:
                 normalised = ", ".join(f"{start}-{end}" for start, end in ranges)

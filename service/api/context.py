@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import time
 from dataclasses import dataclass, field
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from starlette.concurrency import run_in_threadpool
 
 from service.api.admission import IdempotencyKeys
 from service.api.auth import ApiKeys
@@ -15,10 +20,20 @@ from service.core import redis_keys
 from service.core.errors import BackendUnavailable
 from service.core.model_profile import ModelProfile, resolve_profile
 from service.core.settings import Settings
-from service.core.storage import LocalStorage
+from service.core.storage import Storage, storage_from_settings
 from service.core.video_store import VideoStore
+from service.core.worker_registry import WorkerState, served_models
 
 log = logging.getLogger("wanserve.api")
+
+SERVED_MODELS_TTL_S = 1.0
+SERVING = {WorkerState.LOADING.value, WorkerState.IDLE.value, WorkerState.BUSY.value}
+
+_REDIS_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+    "health_check_interval": 30,
+}
 
 
 @dataclass
@@ -26,26 +41,57 @@ class AppContext:
     settings: Settings
     redis: Redis
     store: VideoStore
-    storage: LocalStorage
+    storage: Storage
     api_keys: ApiKeys
     idempotency: IdempotencyKeys
     _profile: ModelProfile | None = field(default=None)
+    _async: tuple[asyncio.AbstractEventLoop, AsyncRedis] | None = field(default=None)
+    _served: tuple[float, set[str]] = field(default=(-math.inf, set()))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppContext:
-        if not settings.redis_url:
-            raise ValueError("WANSERVE_REDIS_URL is not set (use `wanserve dev` for an embedded Redis)")
-        redis = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
-        )
+        redis = Redis.from_url(settings.require_redis_url(), **_REDIS_OPTIONS)
         return cls(
             settings=settings,
             redis=redis,
             store=VideoStore(redis, settings.queue),
-            storage=LocalStorage(settings.videos_dir),
+            storage=storage_from_settings(settings),
             api_keys=ApiKeys.load(settings.api_keys, settings.api_keys_file),
             idempotency=IdempotencyKeys(redis),
         )
+
+    def redis_async(self) -> AsyncRedis:
+        """The asyncio client of the running event loop, for the routes that read (status, list).
+
+        Its connections belong to that loop. A server runs one loop per process; a test client without
+        its lifespan runs each request in a new one, and gets a new client.
+        """
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            self._async = (loop, AsyncRedis.from_url(self.settings.require_redis_url(), **_REDIS_OPTIONS))
+        return self._async[1]
+
+    async def close_async(self) -> None:
+        """Close the asyncio client (at the lifespan's end, in its loop)."""
+        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+            await self._async[1].aclose()
+        self._async = None
+
+    def served_models(self) -> set[str]:
+        """The models a live worker serves or loads; the registry is read at most once a second."""
+        if time.monotonic() - self._served[0] > SERVED_MODELS_TTL_S:
+            models = {served["model"]: served["workers"] for served in served_models(self.redis)}
+            self._served = (
+                time.monotonic(),
+                {name for name, states in models.items() if states.keys() & SERVING},
+            )
+        return self._served[1]
+
+    async def served_models_async(self) -> set[str]:
+        """The same, for the async routes: a stale answer is refreshed in a thread, off the event loop."""
+        if time.monotonic() - self._served[0] > SERVED_MODELS_TTL_S:
+            return await run_in_threadpool(self.served_models)
+        return self._served[1]
 
     def profile(self) -> ModelProfile:
         """The served model's profile; cached once known (workers may register it after the API starts)."""
@@ -59,7 +105,8 @@ class AppContext:
         return self._profile
 
 
-def get_context(request: Request) -> AppContext:
+# The dependencies are coroutines only so that they run on the event loop, not in a thread: they compute.
+async def get_context(request: Request) -> AppContext:
     context: AppContext = request.app.state.context
     return context
 
@@ -67,7 +114,7 @@ def get_context(request: Request) -> AppContext:
 Context = Annotated[AppContext, Depends(get_context)]
 
 
-def get_owner(request: Request, context: Context) -> str:
+async def get_owner(request: Request, context: Context) -> str:
     """Who is asking: the API key's owner id (401 without a valid key when keys are configured)."""
     return context.api_keys.owner(request.headers.get("authorization"))
 

@@ -1,4 +1,5 @@
-"""The one place that maps domain errors to HTTP status codes and the OpenAI error body."""
+"""The one place errors become responses: each :mod:`service.core.errors` class carries its status, type,
+code and headers; here they are rendered as the OpenAI error body, for FastAPI and for the layers below it."""
 
 from __future__ import annotations
 
@@ -12,26 +13,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.admission import IdempotencyConflict, TooManyRequests
-from service.api.auth import Unauthorized
 from service.core import errors
 
 log = logging.getLogger("wanserve.api")
 
-_STATUS = {
-    Unauthorized: 401,
-    TooManyRequests: 429,
-    IdempotencyConflict: 409,
-    errors.InvalidRequest: 400,
-    errors.VideoNotFound: 404,
-    errors.VideoNotReady: 409,
-    errors.BackendUnavailable: 503,
-    errors.StorageError: 500,
-}
+
+def error_body(exc: errors.WanserveError) -> dict[str, object]:
+    """The OpenAI error object: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
-def error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, object]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+def error_bytes(exc: errors.WanserveError) -> bytes:
+    """The same body, encoded, for the layers below FastAPI (the protocol and the body limit)."""
+    return json.dumps(error_body(exc), ensure_ascii=True, separators=(",", ":")).encode()
 
 
 class SafeJSONResponse(JSONResponse):
@@ -42,20 +36,16 @@ class SafeJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
+def error_response(exc: errors.WanserveError) -> JSONResponse:
+    return SafeJSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.WanserveError)
     async def _domain(_: Request, exc: errors.WanserveError) -> JSONResponse:
-        status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-        headers = {}
-        if isinstance(exc, TooManyRequests):
-            headers["Retry-After"] = str(exc.retry_after_s)
-        if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = "Bearer"
-        if status >= 500:
+        if exc.status >= 500:
             log.warning("%s: %s", type(exc).__name__, exc.message)
-        return SafeJSONResponse(
-            error_body(exc.message, exc.type, exc.param, exc.code), status_code=status, headers=headers
-        )
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -65,39 +55,25 @@ def install(app: FastAPI) -> None:
         message = (
             f"Invalid '{param}': {first.get('msg', 'invalid value')}." if param else str(first.get("msg"))
         )
-        return SafeJSONResponse(
-            error_body(message, "invalid_request_error", param, "invalid_value"), status_code=400
-        )
+        return error_response(errors.InvalidRequest(message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own answers (unknown route, wrong method): its status, our body.
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return SafeJSONResponse(
-            error_body(str(exc.detail), "invalid_request_error", None, code),
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
+        body = error_body(errors.InvalidRequest(str(exc.detail), code=code))
+        return SafeJSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
     async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("Redis unavailable: %s", exc)
-        return SafeJSONResponse(
-            error_body(
-                "The job store (Redis) is unreachable; try again shortly.",
-                "server_error",
-                None,
-                "backend_unavailable",
-            ),
-            status_code=503,
-            headers={"Retry-After": "5"},
+        return error_response(
+            errors.BackendUnavailable("The job store (Redis) is unreachable; try again shortly.")
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Starlette would answer in plain text; the traceback goes to the log, never to the client.
         log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-        return SafeJSONResponse(
-            error_body("The server failed to handle this request.", "server_error", None, "internal_error"),
-            status_code=500,
-        )
+        return error_response(errors.WanserveError("The server failed to handle this request."))

@@ -9,19 +9,26 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from service.api.admission import IdempotencyConflict, check_queue_length, check_rate
-from service.api.body_limit import BodyTooLarge, BodyTooSlow
-from service.api.content import StoredFileResponse, etag_matches
+from service.api.admission import check_queue_length, check_rate
+from service.api.content import StoredFileResponse
 from service.api.context import AppContext, Context, Owner
+from service.api.error_handlers import SafeJSONResponse
+from service.api.stored_content import content_response
 from service.api.webhooks import validate_webhook_url
-from service.core.errors import InvalidRequest, VideoNotFound, VideoNotReady
-from service.core.lifecycle import VideoStatus
+from service.core.errors import (
+    IdempotencyConflict,
+    InvalidRequest,
+    RequestTimeout,
+    RequestTooLarge,
+    VideoNotFound,
+    VideoNotReady,
+)
+from service.core.lifecycle import Stage, VideoStatus
 from service.core.schemas import CreateVideoRequest, GenerationParams, parse_create_request, resolve_params
 from service.core.settings import Settings
-from service.core.storage import VARIANT_FILES
 from service.core.video_object import POLL_AFTER_MS, video_object
-from service.core.video_store import Record, new_video_id
-from service.core.webhook_queue import notify_ended
+from service.core.video_store import Record, VideoRead, new_video_id
+from service.core.webhook_queue import video_ended
 
 router = APIRouter(prefix="/v1")
 
@@ -133,44 +140,46 @@ def _earlier_record(context: AppContext, video_id: str, owner: str) -> Record:
         ) from None
 
 
-@router.get("/videos", summary="List videos")
-def list_videos(
+# The reads clients poll are coroutines on redis.asyncio, one Redis round trip each, and return their
+# JSON response themselves: the view is JSON already, FastAPI's encoding pass would only repeat it.
+@router.get("/videos", summary="List videos", response_model=dict[str, Any])
+async def list_videos(
     context: Context,
     owner: Owner,
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
-) -> dict[str, Any]:
-    ids, has_more = context.store.list_ids(owner=owner, after=after, limit=limit, order=order)
-    data = []
-    for video_id in ids:
-        try:
-            data.append(_view(context, context.store.get(video_id, owner)))
-        except VideoNotFound:
-            continue  # deleted between the index read and the record read
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+) -> Response:
+    videos, has_more = await context.store.list_async(
+        context.redis_async(), owner=owner, after=after, limit=limit, order=order
+    )
+    served = await context.served_models_async()
+    data = [_view_of(context, video, served) for video in videos]
+    return SafeJSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+    )
 
 
-@router.get("/videos/{video_id}", summary="Retrieve a video")
-def retrieve_video(video_id: str, context: Context, owner: Owner, response: Response) -> dict[str, Any]:
-    view = _view(context, context.store.get(video_id, owner))
-    poll_after = POLL_AFTER_MS.get(VideoStatus(view["status"]))
-    if poll_after is not None:
-        response.headers["openai-poll-after-ms"] = str(poll_after)
-    return view
+@router.get("/videos/{video_id}", summary="Retrieve a video", response_model=dict[str, Any])
+async def retrieve_video(video_id: str, context: Context, owner: Owner) -> Response:
+    video = await context.store.read_async(context.redis_async(), video_id, owner)
+    poll_after = POLL_AFTER_MS.get(video.status)
+    headers = {"openai-poll-after-ms": str(poll_after)} if poll_after is not None else None
+    view = _view_of(context, video, await context.served_models_async())
+    return SafeJSONResponse(view, headers=headers)
 
 
 @router.post("/videos/{video_id}/cancel", summary="Cancel a queued or running video")
 def cancel_video(video_id: str, context: Context, owner: Owner) -> dict[str, Any]:
     record = context.store.cancel(video_id, owner)
     if record["status"] == VideoStatus.CANCELLED:  # a queued video: it ended here, not in a worker
-        notify_ended(context.redis, record, context.settings.result_ttl_s)
+        video_ended(context.redis, record, context.settings.result_ttl_s)
     return _view(context, record)
 
 
@@ -201,28 +210,37 @@ def download_content(
             f"Video '{video_id}' is {status.value}; its content is available once it is completed.",
             param="video_id",
         )
-    path = context.storage.path(video_id, variant)
-    if not path.is_file():
-        raise (
-            VideoNotFound(video_id)
-            if variant == "video"
-            else InvalidRequest(
-                f"No {variant} was stored for video '{video_id}'.", param="variant", code="variant_not_found"
-            )
-        )
-    headers = {"Cache-Control": "private, max-age=86400"}
     digest = (record.get("files") or {}).get(variant)
-    if digest:
-        headers["ETag"] = f'"{digest}"'
-        if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
-            return Response(status_code=304, headers=headers)
-    return StoredFileResponse(path, media_type=VARIANT_FILES[variant][1], headers=headers)
+    return content_response(
+        request,
+        context.storage,
+        video_id,
+        variant,
+        etag=f'"{digest}"' if digest else None,
+        redirect=context.settings.storage_redirect,
+    )
 
 
 def _view(context: AppContext, record: Record) -> dict[str, Any]:
     status, error = context.store.public_status(record)
     position = context.store.queue_position(record["id"]) if status == VideoStatus.QUEUED else None
-    return video_object(record, status, error, position, context.settings.result_ttl_s)
+    view = video_object(record, status, error, position, context.settings.result_ttl_s)
+    return _with_worker_stage(view, context.served_models())
+
+
+def _view_of(context: AppContext, video: VideoRead, served: set[str]) -> dict[str, Any]:
+    view = video_object(
+        video.record, video.status, video.error, video.queue_position, context.settings.result_ttl_s
+    )
+    return _with_worker_stage(view, served)
+
+
+def _with_worker_stage(view: dict[str, Any], served: set[str]) -> dict[str, Any]:
+    """A queued video whose model no live worker serves (or loads) says so in its stage: it still waits,
+    and starts once a worker for it registers."""
+    if view["status"] == VideoStatus.QUEUED and view["model"] not in served:
+        view["stage"] = Stage.NO_WORKER.value
+    return view
 
 
 async def _read_body(request: Request) -> dict[str, Any]:
@@ -230,7 +248,7 @@ async def _read_body(request: Request) -> dict[str, Any]:
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         try:
             form = await request.form()
-        except (BodyTooLarge, BodyTooSlow):
+        except (RequestTooLarge, RequestTimeout):
             raise  # BodyLimitMiddleware answers these (413, 408)
         except Exception as exc:  # malformed multipart from the client
             raise InvalidRequest("Could not parse the form body.", code="invalid_body") from exc

@@ -19,6 +19,8 @@ class VideoStatus(StrEnum):
 
 class Stage(StrEnum):
     QUEUED = "queued"
+    NO_WORKER = "no_worker"
+    """Queued, and no live worker serves the video's model yet (reported by the API, never stored)."""
     TEXT_ENCODE = "text_encode"
     DENOISE = "denoise"
     VAE_DECODE = "vae_decode"

@@ -12,7 +12,7 @@ from service.core import redis_keys
 from service.core.errors import VideoNotFound
 from service.core.lifecycle import VideoStatus
 from service.core.video_store import VideoStore
-from service.core.webhook_queue import notify_ended
+from service.core.webhook_queue import video_ended
 
 log = logging.getLogger("wanserve")
 
@@ -44,6 +44,6 @@ def settle_lost_jobs(store: VideoStore, result_ttl_s: int | None = None) -> int:
             video_id, record["status"], status=status.value, completed_at=time.time(), error=error
         ):
             log.warning("%s ended %s: %s", video_id, status.value, (error or {}).get("code"))
-            notify_ended(store.redis, store.get(video_id), result_ttl_s)
+            video_ended(store.redis, store.get(video_id), result_ttl_s)
             ended += 1
     return ended

@@ -8,7 +8,7 @@ one), a known Wan2.1 transformer config (1.3B, 14B), else Wan2.1's 480p sizes.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ class ModelProfile:
     default_fps: int = 16
     max_frames: int = 81
     num_attention_heads: int = 12
+    num_layers: int | None = None
+    """Transformer blocks: the cache's block ranges are checked and its presets sized against them. None in a
+    profile registered by an older worker: then the worker sizes presets and ranges are not checked."""
     max_sequence_length: int = 512
     """Text tokens the prompt is padded (or cut) to, as the model was trained: Wan2.1 512."""
     notes: str = field(default="", compare=False)
@@ -52,6 +55,7 @@ TINY_PROFILE = ModelProfile(
     default_steps=4,
     max_frames=81,
     num_attention_heads=2,
+    num_layers=2,
     notes="Random weights: produces noise-like video. Set WANSERVE_MODEL to a real Wan2.1 folder.",
 )
 
@@ -64,6 +68,7 @@ SHAPES_PROFILE = ModelProfile(
     default_guidance_scale=4.0,
     max_frames=33,
     num_attention_heads=4,
+    num_layers=6,
     max_sequence_length=32,
     notes=(
         "Trained here on synthetic clips: 'a {red|green|blue|yellow|white} {square|circle|triangle} moving "
@@ -82,19 +87,27 @@ _KNOWN_TRANSFORMERS: dict[tuple[int, int, int], tuple[str, tuple[str, ...]]] = {
 
 
 def profile_for_folder(folder: Path, name: str | None = None) -> ModelProfile:
-    """Read the profile of a diffusers-format Wan2.1 folder (``transformer/config.json``)."""
+    """Read the profile of a diffusers-format Wan2.1 folder (``transformer/config.json``).
+
+    The layer count always comes from the transformer's config, also when ``wanserve.json`` gives the rest.
+    """
     explicit = folder / PROFILE_FILE
+    config_path = folder / "transformer" / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else None
     if explicit.is_file():
         profile = ModelProfile.from_json(json.loads(explicit.read_text()))
+        if config is not None:
+            profile = replace(profile, num_layers=int(config["num_layers"]))
         return _renamed(profile, name)
-    config_path = folder / "transformer" / "config.json"
-    if not config_path.is_file():
+    if config is None:
         raise FileNotFoundError(f"{folder} is not a diffusers Wan2.1 folder: {config_path} is missing")
-    config = json.loads(config_path.read_text())
-    heads = int(config["num_attention_heads"])
-    key = (int(config["num_layers"]), heads, int(config["attention_head_dim"]))
-    known_name, sizes = _KNOWN_TRANSFORMERS.get(key, (folder.name, _WAN_480P))
-    profile = ModelProfile(name=known_name, sizes=sizes, default_size=sizes[0], num_attention_heads=heads)
+    heads, layers = int(config["num_attention_heads"]), int(config["num_layers"])
+    known_name, sizes = _KNOWN_TRANSFORMERS.get(
+        (layers, heads, int(config["attention_head_dim"])), (folder.name, _WAN_480P)
+    )
+    profile = ModelProfile(
+        name=known_name, sizes=sizes, default_size=sizes[0], num_attention_heads=heads, num_layers=layers
+    )
     return _renamed(profile, name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 GENERATE_FUNCTION = "worker.tasks.generate_video"
@@ -40,3 +41,26 @@ def owner_index_key(owner: str) -> str:
 
 MODEL_REGISTRY_KEY = "wanserve:models"
 """Hash of model name -> profile JSON, written by workers when their model has loaded."""
+
+
+def idempotency_key(owner: str, key: str) -> str:
+    """The claim of one owner's ``Idempotency-Key`` (hashed: clients choose its text and length)."""
+    return f"wanserve:idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def rate_key(owner: str, window: int) -> str:
+    """Creates counted in one owner's one-minute window."""
+    return f"wanserve:rate:{owner}:{window}"
+
+
+WORKERS_INDEX_KEY = "wanserve:workers"
+"""Set of registered worker names; an entry whose hash has expired is dropped by the next reader."""
+
+
+def worker_key(name: str) -> str:
+    """A worker's registration (a hash that expires unless its heartbeat refreshes it)."""
+    return f"wanserve:worker:{name}"
+
+
+VIDEOS_ENDED_KEY = "wanserve:stats:videos_ended"
+"""Hash of final status -> videos that ended so, counted once when a video's record first ends."""

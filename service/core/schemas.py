@@ -2,43 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
-from dataclasses import field as dataclass_field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from service.core.cache import CACHE_DESCRIPTION, CACHE_HELP, NO_CACHE, CacheSpec, resolve_cache
 from service.core.errors import InvalidRequest
 from service.core.model_profile import ModelProfile
 from service.core.text import check_body, is_blank
 
 MAX_SEED = 2**32 - 1
-
-# Feature caches (worker/cache). The worker sizes presets to the model's block count, which the API
-# does not know; a unit test keeps these names and defaults equal to the worker's.
-DIT_CACHE_PRESETS = ("balanced", "fast")
-DIT_CACHE_FIELDS = ("step_start", "step_end", "step_interval", "block_start", "block_end")
-ADAPTIVE_CACHE_DEFAULTS: dict[str, Any] = {
-    "threshold": 0.05,
-    "warmup_steps": 1,
-    "final_steps": 1,
-    "max_consecutive_skips": 2,
-}
-MAX_ADAPTIVE_THRESHOLD = 10.0
-_MAX_CACHE_INT = 10_000
-CACHE_CHOICES = ("none", *DIT_CACHE_PRESETS, "adaptive")
-_CACHE_HELP = (
-    f"must be one of {', '.join(repr(name) for name in CACHE_CHOICES)}, or an object: "
-    "DiTCache {step_start, step_end, step_interval, block_start, block_end} or "
-    '{"method": "adaptive", threshold, warmup_steps, final_steps, max_consecutive_skips}'
-)
-
-
-def no_cache() -> dict[str, Any]:
-    return {"method": "none"}
 
 
 class CreateVideoRequest(BaseModel):
@@ -61,14 +37,7 @@ class CreateVideoRequest(BaseModel):
     webhook_url: str | None = Field(
         default=None, description="Receives video.completed / video.failed / video.cancelled, signed."
     )
-    cache: str | dict[str, Any] | None = Field(
-        default=None,
-        description=(
-            "Feature cache: 'none' (default), a DiTCache preset ('balanced', 'fast'), 'adaptive', or an "
-            "object (a JSON string of one in a form): {step_start, step_end, step_interval, block_start, "
-            'block_end} for DiTCache, {"method": "adaptive", "threshold": 0.05, ...} for the adaptive cache.'
-        ),
-    )
+    cache: str | dict[str, Any] | None = Field(default=None, description=CACHE_DESCRIPTION)
 
     @field_validator("prompt")
     @classmethod
@@ -93,7 +62,7 @@ class CreateVideoRequest(BaseModel):
         # Checked before the union so that a wrong type is one error naming 'cache', not one per member.
         if value is None or isinstance(value, str | dict):
             return value
-        raise PydanticCustomError("cache_type", _CACHE_HELP)
+        raise PydanticCustomError("cache_type", CACHE_HELP)
 
 
 @dataclass(frozen=True)
@@ -109,9 +78,8 @@ class GenerationParams:
     num_inference_steps: int
     guidance_scale: float
     seed: int
-    cache: dict[str, Any] = dataclass_field(default_factory=no_cache, hash=False)
-    """Resolved by :func:`resolve_cache`: ``{"method": "none"}``, ``{"method": "dit", "preset": name}``,
-    ``{"method": "dit", <the five DiTCache fields>}`` or ``{"method": "adaptive", <all four parameters>}``."""
+    cache: CacheSpec = NO_CACHE
+    """Resolved by :func:`service.core.cache.resolve_cache` (sized to the model when it knows the layers)."""
 
     @property
     def size(self) -> str:
@@ -123,12 +91,15 @@ class GenerationParams:
         return str(int(duration)) if duration.is_integer() else f"{duration:.3g}"
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "cache": dict(self.cache)}
+        return {**self.__dict__, "cache": self.cache.to_json()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GenerationParams:
         # Records written before a field existed lack it: it takes its default.
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if "cache" in values:
+            values["cache"] = CacheSpec.from_json(values["cache"])
+        return cls(**values)
 
 
 def parse_create_request(body: dict[str, Any]) -> CreateVideoRequest:
@@ -215,114 +186,8 @@ def resolve_params(
             request.guidance_scale if request.guidance_scale is not None else profile.default_guidance_scale
         ),
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
-        cache=resolve_cache(request.cache),
+        cache=resolve_cache(request.cache, num_steps=steps, num_layers=profile.num_layers),
     )
-
-
-def resolve_cache(value: str | dict[str, Any] | None) -> dict[str, Any]:
-    """The ``cache`` field in its resolved form (see ``GenerationParams.cache``).
-
-    Validates everything that does not depend on the model; the worker checks ``block_end`` against the
-    transformer's block count.
-
-    Raises:
-        InvalidRequest: naming ``cache``.
-    """
-    if value is None:
-        return no_cache()
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("{"):  # an object sent as a form field
-            try:
-                value = json.loads(text)
-            except (ValueError, RecursionError) as exc:
-                raise _cache_error(f"not valid JSON ({_short(exc, 80)})") from None
-        elif text == "none":
-            return no_cache()
-        elif text in DIT_CACHE_PRESETS:
-            return {"method": "dit", "preset": text}
-        elif text == "adaptive":
-            return {"method": "adaptive", **ADAPTIVE_CACHE_DEFAULTS}
-        else:
-            raise _cache_error(f"unknown cache {_short(value)!r}; it {_CACHE_HELP}", code="unknown_cache")
-    if not isinstance(value, dict):
-        raise _cache_error(_CACHE_HELP)
-    method = value.get("method", "dit")
-    if method == "none":
-        _check_keys(value, ())
-        return no_cache()
-    if method == "dit":
-        return {"method": "dit", **_dit_cache_fields(value)}
-    if method == "adaptive":
-        return {"method": "adaptive", **_adaptive_cache_fields(value)}
-    raise _cache_error(f"unknown method {_short(method)!r}; choose 'dit', 'adaptive' or 'none'")
-
-
-def _dit_cache_fields(value: dict[str, Any]) -> dict[str, int]:
-    _check_keys(value, DIT_CACHE_FIELDS)
-    missing = [name for name in DIT_CACHE_FIELDS if name not in value]
-    if missing:
-        needed = ", ".join(DIT_CACHE_FIELDS)
-        raise _cache_error(f"a DiTCache schedule needs {needed}; missing {', '.join(missing)}")
-    fields = {name: _cache_int(value, name) for name in DIT_CACHE_FIELDS}
-    checks = [
-        (fields["step_start"] >= 0, "step_start must be >= 0"),
-        (fields["step_end"] >= fields["step_start"], "step_end must be >= step_start"),
-        (fields["step_interval"] >= 1, "step_interval must be >= 1"),
-        (fields["block_start"] >= 0, "block_start must be >= 0"),
-        (fields["block_end"] > fields["block_start"], "block_end must be > block_start"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise _cache_error(message)
-    return fields
-
-
-def _adaptive_cache_fields(value: dict[str, Any]) -> dict[str, Any]:
-    _check_keys(value, tuple(ADAPTIVE_CACHE_DEFAULTS))
-    fields = {**ADAPTIVE_CACHE_DEFAULTS, **{k: v for k, v in value.items() if k != "method"}}
-    threshold = fields["threshold"]
-    # The range check comes first: it also rejects NaN and infinities, and a huge int that
-    # math.isfinite() could not convert to a float.
-    if (
-        not isinstance(threshold, int | float)
-        or isinstance(threshold, bool)
-        or not 0 < threshold <= MAX_ADAPTIVE_THRESHOLD
-    ):
-        raise _cache_error(f"threshold must be a number > 0 and <= {MAX_ADAPTIVE_THRESHOLD:g}")
-    resolved: dict[str, Any] = {"threshold": float(threshold)}
-    for name in ("warmup_steps", "final_steps", "max_consecutive_skips"):
-        resolved[name] = _cache_int(fields, name)
-        if resolved[name] < (1 if name == "max_consecutive_skips" else 0):
-            raise _cache_error(f"{name} must be >= {1 if name == 'max_consecutive_skips' else 0}")
-    return resolved
-
-
-def _check_keys(value: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(value) - {"method", *allowed})
-    if unknown:
-        expected = ", ".join(allowed) if allowed else "no other field"
-        names = ", ".join(repr(_short(name)) for name in unknown[:5])
-        raise _cache_error(f"unknown field {names}; expected {expected}")
-
-
-def _cache_int(value: dict[str, Any], name: str) -> int:
-    number = value[name]
-    if not isinstance(number, int) or isinstance(number, bool) or abs(number) > _MAX_CACHE_INT:
-        raise _cache_error(f"{name} must be an integer (at most {_MAX_CACHE_INT}), got {_short(number)!r}")
-    return number
-
-
-def _short(value: Any, limit: int = 40) -> Any:
-    """A value to quote in an error message, cut short: the body may be a megabyte."""
-    text = value if isinstance(value, str) else str(value)
-    if len(text) <= limit:
-        return value
-    return text[:limit] + "..."
-
-
-def _cache_error(detail: str, *, code: str = "invalid_value") -> InvalidRequest:
-    return InvalidRequest(f"Invalid 'cache': {detail}.", param="cache", code=code)
 
 
 def _resolve_frames(request: CreateVideoRequest, fps: int, profile: ModelProfile) -> int:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REDIS_URL_MISSING = "WANSERVE_REDIS_URL is not set (use `wanserve dev` for an embedded Redis)"
+
+
+class SettingsError(ValueError):
+    """A setting that is missing, malformed or unsafe: the command prints this one line and exits."""
 
 
 def _default_data_dir() -> Path:
@@ -37,6 +45,21 @@ class Settings(BaseSettings):
     storage_dir: Path | None = Field(
         default=None, description="Where MP4s are written (default data_dir/videos)."
     )
+    storage_url: str | None = Field(
+        default=None,
+        description=(
+            "Where videos are stored: a folder (`file:///data/videos` or a plain path) or "
+            "`s3://bucket/prefix` (AWS_* variables configure the client). Unset: storage_dir."
+        ),
+    )
+    storage_redirect: bool = Field(
+        default=False,
+        description="S3 only: answer downloads with a 307 to a short-lived presigned URL, not streamed.",
+    )
+    metrics_port: int = Field(
+        default=9400, ge=0, le=65535, description="A worker's metrics and probe port (0: off)."
+    )
+    log_format: str = Field(default="text", pattern="^(text|json)$", description="text or json.")
     queue: str = Field(default="wanserve", description="RQ queue name shared by the API and the workers.")
     job_timeout_s: int = Field(default=3600, ge=1, description="Longest a single job may run.")
     job_retries: int = Field(
@@ -90,23 +113,30 @@ class Settings(BaseSettings):
         gt=0,
         description="Worker group: how long a rank waits in a device collective (control plane: twice that).",
     )
-    keepalive_s: float | None = Field(
-        default=None,
+    keepalive_s: float = Field(
+        default_factory=lambda data: min(60.0, data["dist_timeout_s"] / 2),
         gt=0,
         description="Worker group: idle ping interval (default: 60 s, at most half the timeout).",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or npu.")
     dtype: str = Field(default="auto", description="auto, float32, bfloat16 or float16.")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    worker_name: str | None = Field(
+        default=None,
+        description="The RQ worker's name (set by the group launcher for each incarnation; unset: unique).",
+    )
 
     @field_validator(
         "redis_url",
         "model",
         "model_name",
         "storage_dir",
+        "storage_url",
         "api_keys",
         "api_keys_file",
         "webhook_secret",
         "webhook_url",
+        "worker_name",
         mode="before",
     )
     @classmethod
@@ -114,17 +144,27 @@ class Settings(BaseSettings):
         # Compose and Kubernetes pass unset variables as empty strings.
         return None if value == "" else value
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if not isinstance(logging.getLevelName(value.upper()), int):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
     @model_validator(mode="after")
     def _keepalive_within_timeout(self) -> Settings:
-        if self.keepalive_s is not None and self.keepalive_s >= 2 * self.dist_timeout_s:
+        if self.keepalive_s >= 2 * self.dist_timeout_s:
             raise ValueError(
-                "keepalive_s must be shorter than twice dist_timeout_s, or idle followers time out"
+                "WANSERVE_KEEPALIVE_S must be shorter than twice WANSERVE_DIST_TIMEOUT_S, "
+                "or idle followers time out"
             )
         return self
 
-    @property
-    def keepalive_interval_s(self) -> float:
-        return self.keepalive_s if self.keepalive_s is not None else min(60.0, self.dist_timeout_s / 2)
+    def require_redis_url(self) -> str:
+        """The Redis URL, for the commands that cannot run without one."""
+        if not self.redis_url:
+            raise SettingsError(REDIS_URL_MISSING)
+        return self.redis_url
 
     @property
     def videos_dir(self) -> Path:
@@ -135,6 +175,25 @@ class Settings(BaseSettings):
         return self.data_dir / "models"
 
 
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment; every problem in it becomes one :class:`SettingsError` line naming the
+    variable, e.g. ``WANSERVE_JOB_TIMEOUT_S='abc': Input should be a valid integer``."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        # A default computed from a field that failed is not a problem of its own.
+        problems = [error for error in exc.errors() if error["type"] != "default_factory_not_called"]
+        raise SettingsError("; ".join(_describe(error) for error in problems)) from None
+
+
+def _describe(error: Any) -> str:
+    field = ".".join(str(part) for part in error.get("loc", ()))
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if not field:
+        return message
+    return f"WANSERVE_{field.upper()}={error.get('input')!r}: {message}"
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.core.cache import cache_report
 from service.core.lifecycle import VideoStatus
 from service.core.schemas import GenerationParams
 from service.core.video_store import Record
@@ -49,24 +50,9 @@ def video_object(
         "peak_memory_mb": record.get("peak_memory_mb"),
         "worker": record.get("worker"),
         "parallel": record.get("parallel"),
-        "cache": record.get("cache") or requested_cache(params),
+        # What the worker ran, once it reports; until then what the request asked for.
+        "cache": record.get("cache") or cache_report(params.cache),
         "remixed_from_video_id": None,
-    }
-
-
-def requested_cache(params: GenerationParams) -> dict[str, Any]:
-    """The cache a video asked for, until its worker reports what it ran (preset sized to the model,
-    blocks computed and skipped)."""
-    spec = params.cache
-    config = {key: value for key, value in spec.items() if key not in ("method", "preset")}
-    return {
-        "method": spec.get("method", "none"),
-        "preset": spec.get("preset"),
-        "config": config or None,
-        "blocks_computed": None,
-        "blocks_skipped": None,
-        "passes": None,
-        "passes_skipped": None,
     }
 
 

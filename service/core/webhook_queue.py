@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from service.core.errors import InvalidRequest
 from service.core.lifecycle import VideoStatus
+from service.core.video_counts import count_ended_once
 from service.core.video_object import video_object
 from service.core.video_store import Record
 from service.core.webhook_urls import parse_target
@@ -102,14 +103,20 @@ def enqueue_event(redis: Redis, url: str, event_type: str, data: dict[str, Any])
     return event_id
 
 
-def notify_ended(redis: Redis, record: Record, result_ttl_s: int | None = None) -> None:
-    """Queue the video.completed / video.failed / video.cancelled event, if the video has a webhook.
+def video_ended(redis: Redis, record: Record, result_ttl_s: int | None = None) -> None:
+    """What follows a video's end, whoever ended it (worker or API): count it once among the ended videos
+    (``wanserve_videos_total``), and queue its video.completed / video.failed / video.cancelled event if
+    it has a webhook. Never raises.
 
     Only queued here (O(1) Redis writes); an API process delivers it, so a slow receiver never holds
     up a worker, and a webhook problem never fails a video.
     """
-    url = record.get("webhook_url")
     status = VideoStatus(record["status"])
+    try:
+        count_ended_once(redis, record["id"], status.value)
+    except RedisError as exc:
+        log.warning("could not count %s as ended: %s", record["id"], exc)
+    url = record.get("webhook_url")
     if not url or status not in EVENT_FOR_STATUS:
         return
     try:

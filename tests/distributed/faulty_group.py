@@ -25,7 +25,7 @@ _progress = video_job.VideoJobRunner._progress
 _prompt = ""
 
 
-def denoise(self: Any, params: Any, **kwargs: Any) -> Any:
+def denoise(self: Any, params: Any, hooks: Any = engine_module.NO_HOOKS) -> Any:
     global _prompt
     _prompt = params.prompt
     rank = int(os.environ["RANK"])
@@ -42,10 +42,10 @@ def denoise(self: Any, params: Any, **kwargs: Any) -> Any:
 
         handle = self.pipe.transformer.blocks[0].register_forward_pre_hook(fail_on_third_call)
         try:
-            return _denoise(self, params, **kwargs)
+            return _denoise(self, params, hooks)
         finally:
             handle.remove()
-    return _denoise(self, params, **kwargs)
+    return _denoise(self, params, hooks)
 
 
 def decode(self: Any, latents: Any) -> Any:

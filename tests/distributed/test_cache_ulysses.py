@@ -18,28 +18,26 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.distributed.params import PARAMS
+from service.core.cache import resolve_cache
+from service.core.model_profile import TINY_PROFILE
+from tests.params import PARAMS
 from worker.cache import block_cache_stats, block_cache_trace
 
 pytestmark = pytest.mark.slow
 
-RUNNER = Path(__file__).with_name("run_cache.py")
+RUNNER = Path(__file__).with_name("run_requests.py")
 STEPS = 8
 THRESHOLD = 0.065
-CACHES: list[dict[str, Any]] = [
-    {"method": "none"},
+REQUESTED: list[Any] = [
+    "none",
     # block_start 0: the cached range starts at the block whose input context parallelism splits.
-    {"method": "dit", "step_start": 1, "step_end": 7, "step_interval": 2, "block_start": 0, "block_end": 2},
-    {
-        "method": "adaptive",
-        "threshold": THRESHOLD,
-        "warmup_steps": 1,
-        "final_steps": 1,
-        "max_consecutive_skips": 2,
-    },
-    {"method": "dit", "preset": "balanced"},
-    {"method": "none"},
+    {"step_start": 1, "step_end": 7, "step_interval": 2, "block_start": 0, "block_end": 2},
+    {"method": "adaptive", "threshold": THRESHOLD, "max_consecutive_skips": 2},
+    "balanced",
+    "none",
 ]
+# Resolved as the API resolves them for the tiny model.
+CACHES = [resolve_cache(cache, num_steps=STEPS, num_layers=TINY_PROFILE.num_layers) for cache in REQUESTED]
 
 
 @dataclasses.dataclass
@@ -76,7 +74,16 @@ def torchrun(nproc: int, *args: str, model: Path, out: Path) -> list[list[dict[s
     """Per request, every rank's report; frames are left in ``out``."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     done = subprocess.run(
-        [*command, str(RUNNER), str(model), str(out), json.dumps(CACHES), f"--steps={STEPS}", *args],
+        [
+            *command,
+            str(RUNNER),
+            str(model),
+            str(out),
+            "--caches",
+            json.dumps([c.to_json() for c in CACHES]),
+            f"--steps={STEPS}",
+            *args,
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -94,7 +101,7 @@ def test_ulysses_ranks_take_the_same_decisions_and_match_one_process(
 ) -> None:
     reports = torchrun(2, "--ulysses", "2", model=tiny_model_dir, out=tmp_path)
     for index, (reference, ranks) in enumerate(zip(one_process, reports, strict=True)):
-        name = f"request {index}: {CACHES[index]}"
+        name = f"request {index}: {REQUESTED[index]}"
         frames = np.load(tmp_path / f"frames_{index}.npy")
         assert np.abs(frames - reference.frames).max() <= 1e-4, name
         # Every rank skipped the same blocks of the same passes, as one process did.
@@ -120,7 +127,7 @@ def test_cfg_halves_run_their_own_branch_and_the_leader_reports_both(
 ) -> None:
     reports = torchrun(2, "--cfg", "2", model=tiny_model_dir, out=tmp_path)
     for index, (reference, ranks) in enumerate(zip(one_process, reports, strict=True)):
-        name = f"request {index}: {CACHES[index]}"
+        name = f"request {index}: {REQUESTED[index]}"
         assert np.abs(np.load(tmp_path / f"frames_{index}.npy") - reference.frames).max() <= 1e-4, name
         for rank, branch in enumerate(("cond", "uncond")):
             own = [entry for entry in decisions(reference.trace) if entry[0] == branch]

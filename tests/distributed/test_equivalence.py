@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.distributed.params import PARAMS
+from tests.params import PARAMS
 
 pytestmark = pytest.mark.slow
 
-RUNNER = Path(__file__).with_name("run_engine.py")
+RUNNER = Path(__file__).with_name("run_requests.py")
 
 
 def torchrun(nproc: int, *args: str, model: Path, out: Path) -> np.ndarray:
+    """The leader's frames of one uncached request; ``out`` is a folder."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     done = subprocess.run(
         [*command, str(RUNNER), str(model), str(out), *args],
@@ -27,12 +28,12 @@ def torchrun(nproc: int, *args: str, model: Path, out: Path) -> np.ndarray:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    return np.load(out)
+    return np.load(out / "frames_0.npy")
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    return torchrun(1, model=tiny_model_dir, out=tmp_path_factory.mktemp("ref") / "one.npy")
+    return torchrun(1, model=tiny_model_dir, out=tmp_path_factory.mktemp("ref"))
 
 
 @pytest.mark.parametrize(
@@ -43,7 +44,7 @@ def reference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_parallel_layouts_match_one_process(
     reference: np.ndarray, tiny_model_dir: Path, tmp_path: Path, nproc: int, args: tuple[str, ...]
 ) -> None:
-    frames = torchrun(nproc, *args, model=tiny_model_dir, out=tmp_path / "frames.npy")
+    frames = torchrun(nproc, *args, model=tiny_model_dir, out=tmp_path)
     assert frames.shape == reference.shape == (17, 64, 64, 3)
     assert np.abs(frames - reference).max() <= 1e-4
 

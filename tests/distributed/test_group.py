@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from redis import Redis
 from service.api.app import create_app
 from service.core import redis_keys
 from service.core.settings import Settings
-from tests.e2e.conftest import wait_until
+from tests.processes import holds_for, wait_until
 from worker.video_job import denoise_progress
 
 pytestmark = pytest.mark.slow
@@ -113,6 +114,11 @@ def finished(view: dict) -> bool:
     return view["status"] in ("completed", "failed", "cancelled")
 
 
+def groups_started(log: str) -> list[str]:
+    """The names the launcher started its groups under, in order (their ranks 0 register under them)."""
+    return re.findall(r"worker group (\S+) started", log)
+
+
 def test_a_group_serves_cancels_and_stops_after_its_running_job(client, start_group, redis) -> None:
     group = start_group("--nproc", "2", "--ulysses", "2")
 
@@ -138,11 +144,13 @@ def test_a_group_serves_cancels_and_stops_after_its_running_job(client, start_gr
 
 
 def test_an_idle_group_outlives_its_collective_timeout(client, start_group) -> None:
-    start_group("--nproc", "2", "--cfg", "2", WANSERVE_DIST_TIMEOUT_S="3", WANSERVE_KEEPALIVE_S="0.5")
-    time.sleep(8)  # well past the 3 s timeout a waiting follower would hit without keep-alives
+    group = start_group("--nproc", "2", "--cfg", "2", WANSERVE_DIST_TIMEOUT_S="3", WANSERVE_KEEPALIVE_S="0.5")
+    # Without keep-alives a waiting follower gives up after 3 s and the launcher restarts the group.
+    holds_for(lambda: len(groups_started(group.log)) == 1, 2 * 3, "the first group, idle")
     video = wait_for(client, submit(client), finished)
     assert video["status"] == "completed", video["error"]
     assert video["parallel"]["cfg"] == 2
+    assert groups_started(group.log) == [video["worker"]], "served by the group started first"
 
 
 def faulty(ulysses: int, cfg: int) -> list[str]:
@@ -155,10 +163,8 @@ def faulty(ulysses: int, cfg: int) -> list[str]:
     ]
 
 
-def test_a_rank_failing_mid_step_restarts_the_group_and_retries_the_job(
-    client, settings, start_group
-) -> None:
-    settings.job_retries = 1
+def test_a_rank_failing_mid_step_restarts_the_group_and_retries_the_job(make_client, start_group) -> None:
+    client = make_client(job_retries=1)
     group = start_group(entry=faulty(ulysses=2, cfg=1), WANSERVE_DIST_TIMEOUT_S="5")
     video = wait_for(client, submit(client, "fail on rank 1"), finished, timeout=180)
     assert video["status"] == "failed", group.log
@@ -167,16 +173,17 @@ def test_a_rank_failing_mid_step_restarts_the_group_and_retries_the_job(
         "message": "The worker group failed while generating this video.",
     }
     assert "rank 1: RuntimeError: injected failure on rank 1" in group.log, "the details are logged"
-    assert video["worker"].endswith("-r1"), "the retry ran on the restarted group, and failed again"
+    first, restarted, *_ = groups_started(group.log)
+    assert video["worker"] == restarted, "the retry ran on the restarted group, and failed again"
 
     after_restart = wait_for(client, submit(client), finished)
     assert after_restart["status"] == "completed", group.log
-    assert after_restart["worker"] == video["worker"][:-1] + "2", "the launcher started the group again"
+    assert groups_started(group.log) == [first, restarted, after_restart["worker"]], "started again"
     assert "rank 1 exiting with 3" in group.log and "rank 0 exiting with 3" in group.log
 
 
 def test_failures_of_the_leader_alone_fail_their_job_and_the_same_group_goes_on(
-    client, settings, start_group
+    client, make_client, start_group
 ) -> None:
     # A regression would leave the ranks out of step: they would wait out the 2 x 10 s control timeout.
     group = start_group(entry=faulty(ulysses=2, cfg=1), WANSERVE_DIST_TIMEOUT_S="10")
@@ -201,9 +208,8 @@ def test_failures_of_the_leader_alone_fail_their_job_and_the_same_group_goes_on(
     assert "injected: out of memory decoding with /srv/secret" in group.log
 
     # The job's time limit is enforced at a step boundary that every rank takes.
-    settings.job_timeout_s = 2
-    timed_out = wait_for(client, submit(client, **LONG_JOB), finished, timeout=60)
-    settings.job_timeout_s = 3600
+    strict = make_client(job_timeout_s=2)
+    timed_out = wait_for(client, submit(strict, **LONG_JOB), finished, timeout=60)
     assert timed_out["status"] == "failed", group.log
     assert timed_out["error"]["code"] == "job_timeout"
     assert timed_out["stage"] == "denoise" and timed_out["progress"] < 90
@@ -211,7 +217,8 @@ def test_failures_of_the_leader_alone_fail_their_job_and_the_same_group_goes_on(
     after = wait_for(client, submit(client), finished)
     assert after["status"] == "completed", group.log
     worker = progress["worker"]
-    assert worker.endswith("-r0") and decode["worker"] == timed_out["worker"] == after["worker"] == worker
+    assert groups_started(group.log) == [worker], "the group started first, never restarted"
+    assert decode["worker"] == timed_out["worker"] == after["worker"] == worker
     assert "exiting with 3" not in group.log, "no rank left the group"
     assert group.process.poll() is None
 

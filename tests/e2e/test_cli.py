@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from shapes_model.analyse import analyse_mp4
-from tests.e2e.conftest import Processes, answers, free_port, wait_until
+from tests.processes import Processes, answers, free_port, wait_until
 from worker.video import read_mp4
 
 pytestmark = pytest.mark.slow

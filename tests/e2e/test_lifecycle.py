@@ -12,9 +12,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from tests.e2e.conftest import Processes, answers, free_port, wait_until
-from tests.integration.webhook_receivers import Receiver
-from tests.integration.webhook_receivers import receiver as receiver
+from tests.processes import Processes, answers, free_port, wait_until, worker_pid
+from tests.webhook_receivers import Receiver
 from worker.video import read_mp4
 
 pytestmark = pytest.mark.slow
@@ -53,8 +52,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_video_completes_once(
     video_id = httpx.post(f"{base}/v1/videos", json=LONG_JOB).json()["id"]
     wait_until(lambda: view(base, video_id)["stage"] == "denoise", 60, "the first worker to start denoising")
     first = view(base, video_id)
-    victim_pid = int(first["worker"].split("-")[-2])  # wanserve-<host>-<pid>-<suffix>
-    os.kill(victim_pid, signal.SIGKILL)
+    os.kill(worker_pid(redis, first["worker"]), signal.SIGKILL)
     killed_at = time.monotonic()
 
     wait_until(lambda: view(base, video_id)["status"] in ("completed", "failed"), 120, "the retry")
@@ -103,7 +101,7 @@ def test_a_job_whose_worker_died_with_no_retries_left_ends_failed_in_its_record(
     )
     video_id = httpx.post(f"{base}/v1/videos", json={**LONG_JOB, "webhook_url": receiver.url}).json()["id"]
     wait_until(lambda: view(base, video_id)["stage"] == "denoise", 60, "the worker to start denoising")
-    os.kill(int(view(base, video_id)["worker"].split("-")[-2]), signal.SIGKILL)
+    os.kill(worker_pid(redis, view(base, video_id)["worker"]), signal.SIGKILL)
 
     # The API alone (no worker is left) notices the lost job and ends it in the record itself.
     key = f"wanserve:video:{video_id}"

@@ -11,7 +11,7 @@ import openai
 import pytest
 from redis import Redis
 
-from tests.e2e.conftest import Processes, answers, free_port, wait_until
+from tests.processes import Processes, answers, free_port, wait_until
 from worker.video import read_mp4
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from tests.e2e.conftest import Processes, answers, free_port, wait_until
+from tests.processes import Processes, answers, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +108,8 @@ def test_a_worker_rides_out_a_redis_restart(
     wait_until(lambda: connection.exists("wanserve:models") == 1, 60, "the worker")
 
     redis_server.stop()
-    time.sleep(3)
+    lost = ("could not connect to Redis", "Redis unavailable")  # RQ's loop retrying, or ours
+    wait_until(lambda: any(line in processes.log(worker) for line in lost), 60, "the worker to lose Redis")
     redis_server.start()
     video_id = httpx.post(f"{base}/v1/videos", json=JOB).json()["id"]
     wait_until(

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Processes, answers, free_port, wait_until
+from tests.processes import Processes, answers, free_port, read_all, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -28,17 +28,6 @@ def api(processes: Processes, redis_url: str, fresh_data_dir: Path) -> Iterator[
     process = processes.start("api", "--port", str(port), env=env)
     wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz") or process.poll() is not None, 60, "api")
     yield "127.0.0.1", port
-
-
-def read_all(sock: socket.socket, timeout: float) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while chunk := sock.recv(4096):
-            data += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    return data
 
 
 def test_connections_that_never_finish_their_headers_are_closed(api: tuple[str, int]) -> None:

@@ -178,9 +178,11 @@ def test_a_job_that_failed_before_the_worker_recorded_it_shows_failed(
 
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
+    ready = client.get("/readyz").json()
+    assert ready == {"status": "ready", "workers": {"loading": 0, "idle": 0, "busy": 0, "draining": 0}}
     models = client.get("/v1/models").json()["data"]
     assert models[0]["id"] == "wan2.1-tiny-random" and "64x64" in models[0]["sizes"]
+    assert models[0]["workers"] == {}, "no worker serves it yet: the configured model, nobody behind it"
 
 
 def test_redis_down_is_a_503_not_a_500(settings: Settings) -> None:

@@ -22,7 +22,6 @@ from service.core.lost_jobs import settle_lost_jobs
 from service.core.settings import Settings
 from service.core.storage import LocalStorage, sha256_of
 from service.core.video_store import VideoStore
-from tests.integration.test_api_security import make_client as make_client
 
 BODY = {"prompt": "a red fox", "seconds": 1, "size": "64x64"}
 LONE_SURROGATE = "\\ud800"  # as it is spelled inside a JSON string

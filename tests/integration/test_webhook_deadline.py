@@ -15,10 +15,7 @@ import pytest
 from redis import Redis
 
 from service.api.webhooks import delivery_status, enqueue_event
-from tests.integration.webhook_receivers import VIDEO, Receiver, Trickler
-from tests.integration.webhook_receivers import make_sender as make_sender
-from tests.integration.webhook_receivers import receiver as receiver
-from tests.integration.webhook_receivers import trickler as trickler
+from tests.webhook_receivers import VIDEO, Receiver, Trickler
 
 SLACK_S = 1.0
 

@@ -12,8 +12,7 @@ from redis import Redis
 from service.api.app import create_app
 from service.api.webhooks import WebhookSender, enqueue_event, verify
 from service.core.settings import Settings
-from tests.integration.webhook_receivers import Receiver, Resolver
-from tests.integration.webhook_receivers import receiver as receiver
+from tests.webhook_receivers import Receiver, Resolver
 from worker.serve import make_worker
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -132,6 +131,5 @@ def test_the_operator_setting_allows_internal_receivers_end_to_end(
 
 
 def test_the_api_refuses_to_start_with_a_secret_verifiers_would_reject(settings: Settings) -> None:
-    app = create_app(settings.model_copy(update={"webhook_secret": "a plain shared secret"}))
-    with pytest.raises(ValueError, match="WANSERVE_WEBHOOK_SECRET"), TestClient(app):
-        pass
+    with pytest.raises(ValueError, match="WANSERVE_WEBHOOK_SECRET"):
+        create_app(settings.model_copy(update={"webhook_secret": "a plain shared secret"}))

@@ -8,11 +8,9 @@ import time
 
 from redis import Redis
 
-from service import webhooks
+from service.api import webhooks
 from service.api.webhooks import BACKOFF_S, delivery_status, enqueue_event
-from tests.integration.webhook_receivers import VIDEO, closed_port_url
-from tests.integration.webhook_receivers import make_sender as make_sender
-from tests.integration.webhook_receivers import receiver as receiver
+from tests.webhook_receivers import VIDEO, closed_port_url
 
 PASSWORD = "hunter2-pa55"
 TOKEN = "tok-7f3a9c"

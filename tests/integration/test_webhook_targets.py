@@ -15,10 +15,10 @@ import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
-from service import webhooks
+from service.api import webhooks
 from service.api.webhooks import delivery_status, enqueue_event
 from service.core.webhook_urls import system_resolver
-from tests.integration.webhook_receivers import (
+from tests.webhook_receivers import (
     VIDEO,
     Certificates,
     Receiver,
@@ -26,8 +26,6 @@ from tests.integration.webhook_receivers import (
     make_certificates,
     serve,
 )
-from tests.integration.webhook_receivers import make_sender as make_sender
-from tests.integration.webhook_receivers import receiver as receiver
 
 HOST = "hooks.wanserve.test"  # .test never resolves in real DNS: only the injected resolver knows it
 

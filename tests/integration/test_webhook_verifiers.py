@@ -12,8 +12,7 @@ from redis import Redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from service.api.webhooks import WebhookSender, enqueue_event, verify
-from tests.integration.webhook_receivers import VIDEO, Receiver
-from tests.integration.webhook_receivers import receiver as receiver
+from tests.webhook_receivers import VIDEO, Receiver
 
 SECRETS = [
     "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",  # the Standard Webhooks example: 24 bytes, no padding

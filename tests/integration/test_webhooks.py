@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from service import webhooks
+from service.api import webhooks
 from service.api.webhooks import (
     BACKOFF_S,
     WebhookSender,
@@ -22,9 +22,7 @@ from service.api.webhooks import (
 )
 from service.api.webhooks.sender import Outcome
 from service.core.errors import InvalidRequest
-from tests.integration.webhook_receivers import SECRET, VIDEO, closed_port_url
-from tests.integration.webhook_receivers import make_sender as make_sender
-from tests.integration.webhook_receivers import receiver as receiver
+from tests.webhook_receivers import SECRET, VIDEO, closed_port_url
 
 OTHER_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo="
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,86 +13,16 @@ from diffusers.pipelines.wan.pipeline_wan import WanPipeline
 from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
 from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from worker.cache import (
-    DiTCacheConfig,
-    apply_dit_cache,
-    dit_cache_preset,
-    dit_cache_stats,
-    remove_dit_cache,
-    reset_dit_cache,
+from service.core.cache import DiTCacheConfig, dit_cache_preset
+from tests.unit.tiny_transformer import (
+    BRANCHES,
+    NUM_BLOCKS,
+    forward,
+    forward_with_range,
+    inputs,
+    make_transformer,
 )
-
-NUM_BLOCKS = 4
-BRANCHES = ("cond", "uncond")
-
-
-def make_transformer() -> WanTransformer3DModel:
-    torch.manual_seed(0)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=NUM_BLOCKS,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=32,
-    ).eval()
-
-
-def inputs(step: int, branch: str) -> dict[str, torch.Tensor]:
-    """Like a denoising loop: latents and timestep change per step, each branch has its own prompt."""
-    latents = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(step))
-    prompt = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(100 + BRANCHES.index(branch)))
-    return {
-        "hidden_states": latents,
-        "timestep": torch.tensor([999.0 - 100 * step]),
-        "encoder_hidden_states": prompt,
-    }
-
-
-def forward(model: WanTransformer3DModel, step: int, branch: str = "cond") -> torch.Tensor:
-    with model.cache_context(branch):
-        output: torch.Tensor = model(**inputs(step, branch), return_dict=False)[0]
-    return output
-
-
-def forward_with_range(
-    model: WanTransformer3DModel,
-    step: int,
-    block_range: tuple[int, int],
-    replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run an unhooked model with plain torch hooks around ``blocks[start:end]``.
-
-    Returns the model output, ``in(start)`` and ``out(end - 1)``; with ``replace``, the output of
-    ``blocks[end - 1]`` becomes ``replace(in(start))``.
-    """
-    start, end = block_range
-    seen: dict[str, torch.Tensor] = {}
-
-    def grab_input(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        seen["in"] = args[0]
-
-    def grab_output(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        seen["out"] = output if replace is None else replace(seen["in"])
-        return seen["out"]
-
-    handles = [
-        model.blocks[start].register_forward_pre_hook(grab_input),
-        model.blocks[end - 1].register_forward_hook(grab_output),
-    ]
-    try:
-        output = forward(model, step)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return output, seen["in"], seen["out"]
+from worker.cache import apply_dit_cache, dit_cache_stats, remove_dit_cache, reset_dit_cache
 
 
 @pytest.fixture(autouse=True)
@@ -240,43 +169,10 @@ def test_remove_restores_uncached_behaviour(
     assert dit_cache_stats(cached) == {"blocks_computed": 2 * NUM_BLOCKS - 4, "blocks_skipped": 4}
 
 
-@pytest.mark.parametrize(
-    ("fields", "name"),
-    [
-        ({"step_start": -1}, "step_start"),
-        ({"step_start": 5, "step_end": 4}, "step_end"),
-        ({"step_interval": 0}, "step_interval"),
-        ({"step_interval": 1.5}, "step_interval"),
-        ({"block_start": -1}, "block_start"),
-        ({"block_start": 2, "block_end": 2}, "block_end"),
-    ],
-)
-def test_invalid_config_names_the_field(fields: dict[str, Any], name: str) -> None:
-    valid = {"step_start": 0, "step_end": 4, "step_interval": 2, "block_start": 0, "block_end": 2}
-    with pytest.raises(ValueError, match=name):
-        DiTCacheConfig(**{**valid, **fields})
-
-
-def test_apply_rejects_out_of_range_blocks_and_double_apply(cached: WanTransformer3DModel) -> None:
-    with pytest.raises(ValueError, match="block_end"):
-        apply_dit_cache(cached, config(0, 4, 2, (1, NUM_BLOCKS + 1)))
+def test_apply_refuses_a_second_apply(cached: WanTransformer3DModel) -> None:
     apply_dit_cache(cached, config(0, 4, 2, (1, NUM_BLOCKS)))
     with pytest.raises(ValueError, match="already applied"):
         apply_dit_cache(cached, config(0, 4, 2, (1, NUM_BLOCKS)))
-
-
-def test_presets_scale_the_reference_schedule() -> None:
-    assert dit_cache_preset("balanced", 50, 30) == config(20, 47, 2, (10, 30))
-    assert dit_cache_preset("fast", 50, 30) == config(15, 47, 3, (5, 30))
-    assert dit_cache_preset("balanced", 50, 40) == config(20, 47, 2, (13, 40))
-    for name in ("balanced", "fast"):
-        for steps in range(1, 61):
-            for blocks in (1, 2, 30, 40):
-                preset = dit_cache_preset(name, steps, blocks)
-                assert preset.block_end == blocks
-                assert preset.is_compute_step(steps - 1)
-    with pytest.raises(ValueError, match="unknown DiTCache preset"):
-        dit_cache_preset("turbo", 50, 30)
 
 
 def test_wan_pipeline_with_cfg_skips_blocks_and_resets_between_calls() -> None:

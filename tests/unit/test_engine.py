@@ -1,5 +1,6 @@
 """The denoising loop we own, against diffusers' WanPipeline on the tiny model."""
 
+import dataclasses
 import time
 from typing import Any
 
@@ -9,33 +10,22 @@ import torch
 
 from service.core.errors import GenerationCancelled
 from service.core.lifecycle import Stage
-from service.core.schemas import GenerationParams
-from tests.distributed.params import PARAMS
-from worker.engine import GenerationAborted, WanEngine
+from tests.params import PARAMS
+from worker.engine import JobHooks, WanEngine
+from worker.errors import GenerationAborted
 
 
-def test_our_loop_matches_the_diffusers_pipeline(engine) -> None:
+def test_our_loop_matches_the_diffusers_pipeline(engine, pipeline_frames: np.ndarray) -> None:
     ours = engine.generate(PARAMS).frames
-    reference = engine.pipe(
-        prompt=PARAMS.prompt,
-        negative_prompt=PARAMS.negative_prompt,
-        height=PARAMS.height,
-        width=PARAMS.width,
-        num_frames=PARAMS.num_frames,
-        num_inference_steps=PARAMS.num_inference_steps,
-        guidance_scale=PARAMS.guidance_scale,
-        generator=torch.Generator("cpu").manual_seed(PARAMS.seed),
-        output_type="np",
-    ).frames[0]
     assert ours.shape == (17, 64, 64, 3)
     assert ours.dtype == np.float32
-    assert np.array_equal(ours, reference)
+    assert np.array_equal(ours, pipeline_frames)
 
 
 def test_same_seed_same_video_other_seed_other_video(engine) -> None:
     first = engine.generate(PARAMS).frames
     again = engine.generate(PARAMS).frames
-    other = engine.generate(GenerationParams(**{**PARAMS.to_json(), "seed": 99})).frames
+    other = engine.generate(dataclasses.replace(PARAMS, seed=99)).frames
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
 
@@ -44,7 +34,7 @@ def test_without_guidance_the_unconditional_pass_is_skipped(engine) -> None:
     calls: list[int] = []
     handle = engine.pipe.transformer.register_forward_hook(lambda *_: calls.append(1))
     try:
-        engine.generate(GenerationParams(**{**PARAMS.to_json(), "guidance_scale": 1.0}))
+        engine.generate(dataclasses.replace(PARAMS, guidance_scale=1.0))
     finally:
         handle.remove()
     assert len(calls) == PARAMS.num_inference_steps
@@ -54,7 +44,7 @@ def test_stages_and_every_step_are_reported_with_timings(engine) -> None:
     stages: list[Stage] = []
     steps: list[tuple[int, int]] = []
     result = engine.generate(
-        PARAMS, on_stage=stages.append, on_step=lambda done, total: steps.append((done, total))
+        PARAMS, JobHooks(on_stage=stages.append, on_step=lambda done, total: steps.append((done, total)))
     )
     assert stages == [Stage.TEXT_ENCODE, Stage.DENOISE, Stage.VAE_DECODE]
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
@@ -67,7 +57,7 @@ def test_a_cancel_stops_at_the_next_step_boundary(engine) -> None:
     steps: list[int] = []
     with pytest.raises(GenerationCancelled, match="step 3 of 4"):
         engine.generate(
-            PARAMS, on_step=lambda done, _: steps.append(done), should_stop=lambda: len(steps) >= 2
+            PARAMS, JobHooks(on_step=lambda done, _: steps.append(done), should_stop=lambda: len(steps) >= 2)
         )
     assert steps == [1, 2]
 
@@ -114,7 +104,7 @@ def test_a_failing_progress_callback_stops_the_job_at_the_next_step_boundary(eng
     calls, handle = transformer_calls(engine)
     try:
         with pytest.raises(GenerationAborted, match="stopped before denoising step 3 of 4") as raised:
-            engine.generate(PARAMS, on_stage=recorder.on_stage, on_step=recorder.on_step)
+            engine.generate(PARAMS, JobHooks(on_stage=recorder.on_stage, on_step=recorder.on_step))
     finally:
         handle.remove()
     assert isinstance(raised.value.__cause__, ConnectionError), "the callback's error is the cause"
@@ -126,14 +116,14 @@ def test_a_failing_progress_callback_stops_the_job_at_the_next_step_boundary(eng
 def test_a_failing_callback_at_the_last_step_stops_the_job_before_decoding(engine) -> None:
     recorder = Recorder(fail_at_step=PARAMS.num_inference_steps)
     with pytest.raises(GenerationAborted, match="stopped before decoding"):
-        engine.generate(PARAMS, on_stage=recorder.on_stage, on_step=recorder.on_step)
+        engine.generate(PARAMS, JobHooks(on_stage=recorder.on_stage, on_step=recorder.on_step))
     assert recorder.stages == [Stage.TEXT_ENCODE, Stage.DENOISE]
 
 
 def test_a_failing_stage_callback_stops_the_job_before_the_first_step(engine) -> None:
     recorder = Recorder(fail_at_stage=Stage.TEXT_ENCODE)
     with pytest.raises(GenerationAborted, match="before denoising step 1 of 4"):
-        engine.generate(PARAMS, on_stage=recorder.on_stage, on_step=recorder.on_step)
+        engine.generate(PARAMS, JobHooks(on_stage=recorder.on_stage, on_step=recorder.on_step))
     assert recorder.steps == []
     assert recorder.stages == [Stage.TEXT_ENCODE], "the next stage is not announced once the job is lost"
 
@@ -143,7 +133,7 @@ def test_a_failing_cancel_check_aborts_rather_than_cancels(engine) -> None:
         raise ConnectionError("cancel check failed")
 
     with pytest.raises(GenerationAborted) as raised:
-        engine.generate(PARAMS, should_stop=should_stop)
+        engine.generate(PARAMS, JobHooks(should_stop=should_stop))
     assert raised.value.code == "generation_failed"
     assert isinstance(raised.value.__cause__, ConnectionError)
 
@@ -151,7 +141,7 @@ def test_a_failing_cancel_check_aborts_rather_than_cancels(engine) -> None:
 def test_a_passed_deadline_aborts_with_job_timeout_at_a_step_boundary(engine) -> None:
     recorder = Recorder()
     with pytest.raises(GenerationAborted, match="time limit") as raised:
-        engine.generate(PARAMS, on_step=recorder.on_step, deadline=time.monotonic())
+        engine.generate(PARAMS, JobHooks(on_step=recorder.on_step, deadline=time.monotonic()))
     assert raised.value.code == "job_timeout"
     assert recorder.steps == []
-    assert engine.generate(PARAMS, deadline=time.monotonic() + 3600).frames is not None
+    assert engine.generate(PARAMS, JobHooks(deadline=time.monotonic() + 3600)).frames is not None

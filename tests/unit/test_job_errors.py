@@ -5,8 +5,7 @@ import torch
 from rq.timeouts import JobTimeoutException
 
 from service.core.errors import InvalidRequest, StorageError
-from worker.engine import GenerationAborted
-from worker.group import GroupFailed
+from worker.errors import GenerationAborted, GroupFailed
 from worker.video_job import client_error
 
 SECRET = "/home/deploy/.cache/wan/vae.safetensors"

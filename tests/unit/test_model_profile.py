@@ -1,9 +1,17 @@
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from service.core.model_profile import SHAPES_PROFILE, TINY_PROFILE, profile_for_folder, resolve_profile
+from service.core.model_profile import (
+    PROFILE_FILE,
+    SHAPES_PROFILE,
+    TINY_PROFILE,
+    ModelProfile,
+    profile_for_folder,
+    resolve_profile,
+)
 
 
 def write_transformer_config(folder: Path, layers: int, heads: int) -> Path:
@@ -46,3 +54,23 @@ def test_an_unreadable_folder_falls_back_to_what_workers_registered() -> None:
 def test_not_a_model_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="transformer"):
         profile_for_folder(tmp_path)
+
+
+def test_the_layer_count_is_kept(tmp_path: Path) -> None:
+    assert profile_for_folder(write_transformer_config(tmp_path / "a", 30, 12)).num_layers == 30
+    assert profile_for_folder(write_transformer_config(tmp_path / "b", 40, 40)).num_layers == 40
+    assert profile_for_folder(write_transformer_config(tmp_path / "c", 7, 2)).num_layers == 7  # unknown model
+
+
+def test_the_transformer_config_gives_the_layer_count_next_to_a_profile_file(tmp_path: Path) -> None:
+    folder = write_transformer_config(tmp_path / "m", 12, 2)
+    stale = {key: value for key, value in TINY_PROFILE.to_json().items() if key != "num_layers"}
+    (folder / PROFILE_FILE).write_text(json.dumps(stale))
+    assert profile_for_folder(folder) == dataclasses.replace(TINY_PROFILE, num_layers=12)
+
+
+def test_a_profile_registered_without_a_layer_count_reads_as_unknown() -> None:
+    assert ModelProfile.from_json(TINY_PROFILE.to_json()) == TINY_PROFILE
+    old = {key: value for key, value in TINY_PROFILE.to_json().items() if key != "num_layers"}
+    assert ModelProfile.from_json(json.loads(json.dumps(old))).num_layers is None
+    assert resolve_profile("/nowhere", None, {"old": json.dumps(old)}).num_layers is None

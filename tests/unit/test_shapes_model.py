@@ -1,37 +1,14 @@
-"""The shipped shapes model: a Wan2.1 folder that loads like any other and draws what it is told; and
-the recipe that made it, run in miniature."""
+"""The shipped shapes model is a Wan2.1 folder that loads like any other (it draws, and the recipe that made
+it runs, in tests/integration/test_shapes_model_runs.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from pathlib import Path
-
-import numpy as np
-import pytest
 
 from service.core.model_profile import SHAPES_PROFILE, profile_for_folder
-from service.core.schemas import GenerationParams
-from shapes_model import recipe, train_vae
-from shapes_model.analyse import analyse_frames
-from worker.engine import WanEngine, to_uint8
 from worker.tiny_model import SHAPES_MODEL_DIR
 
 MAX_WEIGHTS_BYTES = 20 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def shapes_engine() -> WanEngine:
-    return WanEngine.load(SHAPES_MODEL_DIR, device="cpu", dtype="float32")
-
-
-def request(prompt: str, seed: int = 0, **changes: object) -> GenerationParams:
-    profile = SHAPES_PROFILE
-    params = GenerationParams(
-        prompt=prompt, negative_prompt="", width=64, height=64, num_frames=17, fps=16, seed=seed,
-        num_inference_steps=profile.default_steps, guidance_scale=profile.default_guidance_scale,
-    )  # fmt: skip
-    return dataclasses.replace(params, **changes)  # type: ignore[arg-type]
 
 
 def test_the_shipped_folder_is_a_wan_folder_with_its_profile() -> None:
@@ -46,34 +23,3 @@ def test_the_shipped_folder_is_a_wan_folder_with_its_profile() -> None:
 def test_the_weights_are_small() -> None:
     weights = sum(p.stat().st_size for p in SHAPES_MODEL_DIR.rglob("*.safetensors"))
     assert 0 < weights < MAX_WEIGHTS_BYTES
-
-
-@pytest.mark.parametrize(
-    ("prompt", "colour", "direction"),
-    [("a red circle moving right", "red", "right"), ("A blue square, moving up", "blue", "up")],
-)
-def test_it_draws_what_it_is_told(shapes_engine: WanEngine, prompt: str, colour: str, direction: str) -> None:
-    result = shapes_engine.generate(request(prompt))
-    assert result.frames is not None
-    seen = analyse_frames(to_uint8(result.frames))
-    assert (seen.colour, seen.direction) == (colour, direction), seen
-
-
-@pytest.mark.parametrize("prompt", ["a purple fox running through snow", "", "日本語のプロンプト"])
-def test_any_other_prompt_still_makes_a_video(shapes_engine: WanEngine, prompt: str) -> None:
-    result = shapes_engine.generate(request(prompt, num_inference_steps=4))
-    assert result.frames is not None and result.frames.shape == (17, 64, 64, 3)
-    assert np.isfinite(result.frames).all()
-
-
-def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
-    phases = tuple(dataclasses.replace(phase, steps=2, batch_size=1) for phase in train_vae.PHASES)
-    recipe.run(tmp_path, seed=1, vae_phases=phases, transformer_steps=2, clips_per_combination=1)
-    folder = tmp_path / "model"
-    assert profile_for_folder(folder) == SHAPES_PROFILE
-    assert {"vae_loss.jsonl", "transformer_loss.jsonl", "recipe.json"} <= {p.name for p in tmp_path.iterdir()}
-    vae_log = [json.loads(line) for line in (tmp_path / "vae_loss.jsonl").read_text().splitlines()]
-    assert [record["step"] for record in vae_log] == [2, 4], "the second phase numbers on from the first"
-    engine = WanEngine.load(folder, device="cpu", dtype="float32")
-    result = engine.generate(request("a green triangle moving down", num_inference_steps=2))
-    assert result.frames is not None and result.frames.shape == (17, 64, 64, 3)

@@ -1,12 +1,13 @@
 """Feature caches for the Wan transformer: DiTCache (static schedule) and an adaptive cache, installed
-once (:func:`install_block_cache`) and switched per request (:func:`set_block_cache`)."""
+once (:func:`install_block_cache`) and switched per request (:func:`set_block_cache`).
 
-from worker.cache.adaptive import AdaptiveCacheConfig, relative_change
+Their configs, presets and checks are the cache contract's, :mod:`service.core.cache`; these hooks run them.
+"""
+
+from worker.cache.adaptive import relative_change
 from worker.cache.blockcache import (
-    CacheConfig,
     block_cache_stats,
     block_cache_trace,
-    check_block_cache_config,
     has_block_cache,
     install_block_cache,
     remove_block_cache,
@@ -14,25 +15,16 @@ from worker.cache.blockcache import (
     set_block_cache,
 )
 from worker.cache.ditcache import (
-    DITCACHE_PRESETS,
-    DiTCacheConfig,
     apply_dit_cache,
-    dit_cache_preset,
     dit_cache_stats,
     remove_dit_cache,
     reset_dit_cache,
 )
 
 __all__ = [
-    "DITCACHE_PRESETS",
-    "AdaptiveCacheConfig",
-    "CacheConfig",
-    "DiTCacheConfig",
     "apply_dit_cache",
     "block_cache_stats",
     "block_cache_trace",
-    "check_block_cache_config",
-    "dit_cache_preset",
     "dit_cache_stats",
     "has_block_cache",
     "install_block_cache",

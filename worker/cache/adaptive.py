@@ -1,4 +1,4 @@
-"""The adaptive cache's configuration and its decision, agreed across Ulysses ranks.
+"""The adaptive cache's decision, agreed across Ulysses ranks (its config: ``service.core.cache``).
 
 First-Block-Cache style (ParaAttention's FBCache, diffusers' ``FirstBlockCache``, after TeaCache): block 0
 always runs; its residual ``out(0) - in(0)`` is compared with the residual it had on the branch's last
@@ -14,54 +14,10 @@ before the comparison, so every rank compares the same numbers, those of the who
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.distributed as dist
-
-
-@dataclass(frozen=True)
-class AdaptiveCacheConfig:
-    """When the adaptive cache may skip blocks ``[1, N)`` of a branch's forward.
-
-    Args:
-        threshold: Skip when the relative L1 change of block 0's residual since the branch's last
-            compute step is below this; > 0. Larger skips more.
-        warmup_steps: The first steps of each branch always compute; >= 0.
-        final_steps: The last steps always compute (needs the request's step count); >= 0.
-        max_consecutive_skips: After this many skips in a row a branch computes; >= 1.
-
-    Raises:
-        ValueError: If a field is out of range; the message names the field.
-    """
-
-    threshold: float = 0.05
-    warmup_steps: int = 1
-    final_steps: int = 1
-    max_consecutive_skips: int = 2
-
-    def __post_init__(self) -> None:
-        for field in fields(self):
-            value = getattr(self, field.name)
-            wanted: type | tuple[type, ...] = (int, float) if field.name == "threshold" else int
-            if not isinstance(value, wanted) or isinstance(value, bool):
-                raise ValueError(f"{field.name} must be a number, got {value!r}")
-        if not 0 < self.threshold < math.inf:  # also NaN
-            raise ValueError(f"threshold must be a finite number > 0, got {self.threshold}")
-        for name in ("warmup_steps", "final_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_consecutive_skips < 1:
-            raise ValueError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
-
-    def forces_compute(self, step: int, num_steps: int | None, consecutive_skips: int) -> bool:
-        """Whether ``step`` computes whatever the residual says (warm-up, final steps, too many skips)."""
-        final = num_steps is not None and step >= num_steps - self.final_steps
-        return step < self.warmup_steps or final or consecutive_skips >= self.max_consecutive_skips
-
-    def to_json(self) -> dict[str, Any]:
-        return {field.name: getattr(self, field.name) for field in fields(self)}
 
 
 def relative_change(

@@ -7,11 +7,11 @@ chosen per request with :func:`set_block_cache`:
 
 - ``None``: every hook calls the wrapped forward with its arguments unchanged, touching no state: the
   output is bit-exact with an unhooked transformer.
-- a static schedule (:class:`~worker.cache.ditcache.DiTCacheConfig`): DiTCache. On a skip step blocks
+- a static schedule (:class:`~service.core.cache.DiTCacheConfig`): DiTCache. On a skip step blocks
   ``[block_start, block_end)`` do not run; the hidden states entering ``block_start`` plus the delta
   ``out(block_end - 1) - in(block_start)`` kept on the branch's last compute step stand in for the output
   of ``block_end - 1``. The schedule depends only on the step, so every rank skips the same blocks.
-- :class:`~worker.cache.adaptive.AdaptiveCacheConfig`: block 0 always runs and decides, from how much
+- :class:`~service.core.cache.AdaptiveCacheConfig`: block 0 always runs and decides, from how much
   its residual changed (all-reduced over the Ulysses group), whether blocks ``[1, N)`` run or their
   cached delta is added.
 
@@ -24,35 +24,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.context_parallel import _CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from worker.cache.adaptive import AdaptiveCacheConfig, relative_change
+from service.core.cache import AdaptiveCacheConfig, CacheConfig
+from worker.cache.adaptive import relative_change
 
 _STEP_HOOK = "block_cache_step_hook"
 _BLOCK_HOOK = "block_cache_block_hook"
 _CP_INPUT_HOOK_PREFIX = _CONTEXT_PARALLEL_INPUT_HOOK_TEMPLATE.format("")
 # The trace is per request (set_block_cache clears it); a cap keeps an API user who never clears it bounded.
 _MAX_TRACE = 10_000
-
-
-class StaticSchedule(Protocol):
-    """A schedule that decides from the step counter alone (``DiTCacheConfig``)."""
-
-    @property
-    def block_start(self) -> int: ...
-
-    @property
-    def block_end(self) -> int: ...
-
-    def is_compute_step(self, step: int) -> bool: ...
-
-
-CacheConfig = StaticSchedule | AdaptiveCacheConfig
 
 
 @dataclass(frozen=True)
@@ -284,23 +270,6 @@ def install_block_cache(transformer: torch.nn.Module, *, process_group: Any | No
     registry.invalidate_child_registries_cache()
 
 
-def check_block_cache_config(config: CacheConfig, num_blocks: int) -> tuple[int, int]:
-    """The block range ``config`` caches on a transformer of ``num_blocks`` blocks.
-
-    Raises:
-        ValueError: If the range does not fit; the message names the field.
-    """
-    if isinstance(config, AdaptiveCacheConfig):
-        if num_blocks < 2:
-            raise ValueError(f"the adaptive cache needs at least 2 transformer blocks, not {num_blocks}")
-        return 1, num_blocks
-    if config.block_end > num_blocks:
-        raise ValueError(
-            f"block_end ({config.block_end}) must be <= the number of transformer blocks ({num_blocks})"
-        )
-    return config.block_start, config.block_end
-
-
 def set_block_cache(
     transformer: torch.nn.Module,
     config: CacheConfig | None,
@@ -315,16 +284,18 @@ def set_block_cache(
 
     Args:
         transformer: A transformer with :func:`install_block_cache` hooks.
-        config: A DiTCache schedule, an adaptive config, or None.
+        config: A DiTCache schedule, an adaptive config (its block range fitting the transformer), or None.
         num_steps: Denoising steps of the request; the adaptive cache computes the last ``final_steps``.
 
     Raises:
-        ValueError: If the cache is not installed or the config does not fit the transformer.
+        ValueError: If the cache is not installed.
     """
     hook = _step_hook(transformer)
     plan = None
     if config is not None:
-        start, end = check_block_cache_config(config, hook.shared.num_blocks)
+        num_blocks = hook.shared.num_blocks
+        start, end = config.block_range(num_blocks)
+        assert 0 <= start < end <= num_blocks, f"{config} does not fit {num_blocks} blocks"
         plan = _Plan(config=config, block_start=start, block_end=end, num_steps=num_steps)
     hook.reset_state(transformer)
     hook.shared.plan = plan

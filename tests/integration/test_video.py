@@ -1,4 +1,4 @@
-"""Encoded files, read back with a real decoder."""
+"""Encoded files (the MP4 through ffmpeg, a child process), read back with a real decoder."""
 
 from pathlib import Path
 
@@ -33,10 +33,13 @@ def test_mp4_is_h264_yuv420p_with_the_index_first(tmp_path: Path) -> None:
 
 
 def test_thumbnail_is_the_middle_frame(tmp_path: Path) -> None:
-    frames = gradient_frames()
+    frames = gradient_frames()  # the blue channel tells the frames apart
     write_thumbnail(frames, tmp_path / "t.webp")
-    thumb = iio.imread(tmp_path / "t.webp")
+    thumb = iio.imread(tmp_path / "t.webp").astype(int)
     assert thumb.shape == (64, 96, 3)
+    distances = [np.abs(thumb - frame).mean() for frame in frames.astype(int)]
+    assert int(np.argmin(distances)) == len(frames) // 2 == 8
+    assert distances[8] < 2, "lossy, but the middle frame itself"
 
 
 def test_spritesheet_tiles_every_frame(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Real webhook receivers on 127.0.0.1: a recording HTTP(S) server and one that trickles its answer."""
+"""Real webhook receivers on 127.0.0.1 (a recording HTTP(S) server, one that trickles its answer), for the
+integration and e2e tiers; their fixtures are in the conftests."""
 
 from __future__ import annotations
 
@@ -9,16 +10,13 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from redis import Redis
-
-from service.api.webhooks import WebhookSender
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 VIDEO = {"id": "video_" + "0" * 32, "object": "video", "status": "completed", "progress": 100}
@@ -83,28 +81,6 @@ def serve(tls: ssl.SSLContext | None = None) -> tuple[Receiver, Callable[[], Non
     return state, stop
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    state, stop = serve()
-    yield state
-    stop()
-
-
-@pytest.fixture
-def make_sender(redis: Redis) -> Iterator[Callable[..., WebhookSender]]:
-    """Senders for the local receivers: internal targets allowed, a 2 s deadline; closed after the test."""
-    made: list[WebhookSender] = []
-
-    def make(**options: Any) -> WebhookSender:
-        sender = WebhookSender(redis, SECRET, **{"deadline_s": 2.0, "allow_private": True, **options})
-        made.append(sender)
-        return sender
-
-    yield make
-    for sender in made:
-        sender.close()
-
-
 class Resolver:
     """A DNS stand-in: answers every name with ``addresses`` and counts the lookups."""
 
@@ -134,11 +110,11 @@ class Trickler:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-@pytest.fixture
-def trickler() -> Iterator[Trickler]:
+def serve_trickling(gap_s: float = 0.5) -> tuple[Trickler, Callable[[], None]]:
+    """Start a trickling server; returns it and its stop function."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.1)
-    state = Trickler(url=f"http://127.0.0.1:{listener.getsockname()[1]}/slow", gap_s=0.5)
+    state = Trickler(url=f"http://127.0.0.1:{listener.getsockname()[1]}/slow", gap_s=gap_s)
     answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
     def trickle(conn: socket.socket) -> None:
@@ -163,10 +139,13 @@ def trickler() -> Iterator[Trickler]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield state
-    state.stop.set()
-    thread.join(timeout=2)
-    listener.close()
+
+    def stop() -> None:
+        state.stop.set()
+        thread.join(timeout=2)
+        listener.close()
+
+    return state, stop
 
 
 @dataclass(frozen=True)

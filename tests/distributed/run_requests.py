@@ -1,9 +1,12 @@
-"""Run several cached requests, one after another, on every rank of a torchrun group.
+"""Run requests one after another on every rank of a torchrun group.
 
-torchrun --standalone --nproc-per-node 2 tests/distributed/run_cache.py MODEL OUT CACHES_JSON --ulysses 2
+torchrun --standalone --nproc-per-node 2 tests/distributed/run_requests.py MODEL OUT --ulysses 2 \
+    [--caches CACHES_JSON] [--steps N]
 
-For request ``i`` (the ``i``-th cache of the JSON list) every rank writes ``rank{r}_{i}.json`` (its decision
-trace, local counts and the reported cache) and the leader writes ``frames_{i}.npy``.
+Request ``i`` is ``tests.params.PARAMS`` with the ``i``-th cache of ``--caches`` (each in the
+job record's JSON form, ``CacheSpec.to_json()``; default: one uncached request). For it every rank writes
+``rank{r}_{i}.json`` (its cache decision trace, local counts and the reported cache) and the leader writes
+the float frames to ``frames_{i}.npy``.
 """
 
 import argparse
@@ -14,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.distributed.params import PARAMS
+from service.core.cache import CacheSpec
+from tests.params import PARAMS
 from worker.cache import block_cache_stats, block_cache_trace
 from worker.engine import WanEngine
 from worker.parallel import ParallelLayout, init_parallel, shutdown_parallel
@@ -22,7 +26,7 @@ from worker.parallel import ParallelLayout, init_parallel, shutdown_parallel
 parser = argparse.ArgumentParser()
 parser.add_argument("model", type=Path)
 parser.add_argument("out", type=Path)
-parser.add_argument("caches", type=json.loads)
+parser.add_argument("--caches", type=json.loads, default=[{"method": "none"}])
 parser.add_argument("--steps", type=int, default=PARAMS.num_inference_steps)
 parser.add_argument("--ulysses", type=int, default=1)
 parser.add_argument("--cfg", type=int, default=1)
@@ -32,7 +36,7 @@ layout = ParallelLayout(int(os.environ["WORLD_SIZE"]), args.ulysses, args.cfg)
 runtime = init_parallel(layout, "cpu", timeout_s=60)
 engine = WanEngine.load(args.model, parallel=runtime)
 for index, cache in enumerate(args.caches):
-    params = dataclasses.replace(PARAMS, num_inference_steps=args.steps, cache=cache)
+    params = dataclasses.replace(PARAMS, num_inference_steps=args.steps, cache=CacheSpec.from_json(cache))
     result = engine.generate(params)
     transformer = engine.pipe.transformer
     report = {
@@ -44,4 +48,6 @@ for index, cache in enumerate(args.caches):
     if runtime.is_leader:
         assert result.frames is not None
         np.save(args.out / f"frames_{index}.npy", result.frames)
+    else:
+        assert result.frames is None, "followers do not decode"
 shutdown_parallel()

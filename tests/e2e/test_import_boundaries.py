@@ -1,4 +1,4 @@
-"""The API process never imports torch; the worker never imports the HTTP layer."""
+"""At run time, in a fresh interpreter: the API process loads no torch, the worker no HTTP layer."""
 
 import subprocess
 import sys
@@ -19,7 +19,7 @@ def loaded_modules(imports: str, forbidden: set[str]) -> str:
     return done.stdout.strip()
 
 
-def test_the_api_app_leaves_torch_out() -> None:
+def test_the_api_process_leaves_torch_out() -> None:
     imports = (
         "from service.core.settings import Settings\n"
         "from service.api.app import create_app\n"
@@ -29,6 +29,7 @@ def test_the_api_app_leaves_torch_out() -> None:
     assert loaded_modules(imports, {"torch", "diffusers", "transformers", "worker", "numpy"}) == ""
 
 
-@pytest.mark.parametrize("module", ["worker.serve", "worker.tasks"])
+@pytest.mark.parametrize("module", ["worker.serve", "worker.tasks", "worker.group"])
 def test_the_worker_leaves_the_http_layer_out(module: str) -> None:
-    assert loaded_modules(f"import {module}", {"fastapi", "starlette", "uvicorn", "service.http"}) == ""
+    forbidden = {"fastapi", "starlette", "uvicorn", "httpx", "service.api", "cli"}
+    assert loaded_modules(f"import {module}", forbidden) == ""

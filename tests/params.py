@@ -1,4 +1,4 @@
-"""The request every equivalence run generates."""
+"""The small request the engine tests (unit) and the equivalence runs (distributed) generate."""
 
 from service.core.schemas import GenerationParams
 

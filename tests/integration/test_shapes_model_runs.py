@@ -1,0 +1,79 @@
+"""The shapes model end to end, all slow: its analyser reads every clip through ffmpeg; the shipped model
+draws what it is told (CPU generation at the model's own step count); the recipe that made it runs in
+miniature (training)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.core.model_profile import SHAPES_PROFILE, profile_for_folder
+from service.core.schemas import GenerationParams
+from shapes_model import recipe, train_vae
+from shapes_model.analyse import analyse_frames, analyse_mp4
+from shapes_model.data import COLOURS, DIRECTIONS, SHAPES, render, sample_clip
+from worker.engine import WanEngine
+from worker.tiny_model import SHAPES_MODEL_DIR
+from worker.video import to_uint8, write_mp4
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_analyser_reads_every_combination_through_a_real_mp4(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    path = tmp_path / "clip.mp4"
+    for colour, shape, direction in itertools.product(COLOURS, SHAPES, DIRECTIONS):
+        write_mp4(render(sample_clip(rng, colour, shape, direction)), path, fps=16)
+        seen = analyse_mp4(path)
+        assert (seen.colour, seen.shape, seen.direction) == (colour, shape, direction), seen
+
+
+@pytest.fixture(scope="module")
+def shapes_engine() -> WanEngine:
+    return WanEngine.load(SHAPES_MODEL_DIR, device="cpu", dtype="float32")
+
+
+def request(prompt: str, seed: int = 0, **changes: object) -> GenerationParams:
+    profile = SHAPES_PROFILE
+    params = GenerationParams(
+        prompt=prompt, negative_prompt="", width=64, height=64, num_frames=17, fps=16, seed=seed,
+        num_inference_steps=profile.default_steps, guidance_scale=profile.default_guidance_scale,
+    )  # fmt: skip
+    return dataclasses.replace(params, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "colour", "direction"),
+    [("a red circle moving right", "red", "right"), ("A blue square, moving up", "blue", "up")],
+)
+def test_it_draws_what_it_is_told(shapes_engine: WanEngine, prompt: str, colour: str, direction: str) -> None:
+    result = shapes_engine.generate(request(prompt))
+    assert result.frames is not None
+    seen = analyse_frames(to_uint8(result.frames))
+    assert (seen.colour, seen.direction) == (colour, direction), seen
+
+
+@pytest.mark.parametrize("prompt", ["a purple fox running through snow", "", "日本語のプロンプト"])
+def test_any_other_prompt_still_makes_a_video(shapes_engine: WanEngine, prompt: str) -> None:
+    result = shapes_engine.generate(request(prompt, num_inference_steps=4))
+    assert result.frames is not None and result.frames.shape == (17, 64, 64, 3)
+    assert np.isfinite(result.frames).all()
+
+
+def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
+    phases = tuple(dataclasses.replace(phase, steps=2, batch_size=1) for phase in train_vae.PHASES)
+    recipe.run(tmp_path, seed=1, vae_phases=phases, transformer_steps=2, clips_per_combination=1)
+    folder = tmp_path / "model"
+    assert profile_for_folder(folder) == SHAPES_PROFILE
+    assert {"vae_loss.jsonl", "transformer_loss.jsonl", "recipe.json"} <= {p.name for p in tmp_path.iterdir()}
+    vae_log = [json.loads(line) for line in (tmp_path / "vae_loss.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in vae_log] == [2, 4], "the second phase numbers on from the first"
+    engine = WanEngine.load(folder, device="cpu", dtype="float32")
+    result = engine.generate(request("a green triangle moving down", num_inference_steps=2))
+    assert result.frames is not None and result.frames.shape == (17, 64, 64, 3)
