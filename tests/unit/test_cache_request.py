@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from service.core.cache import (
     DIT_CACHE_PRESETS,
@@ -27,7 +26,7 @@ from service.core.model_profile import TINY_PROFILE
 from service.core.schemas import GenerationParams, parse_create_request, resolve_params
 from service.core.video_object import video_object
 from tests.params import PARAMS
-from worker.cache import block_cache_trace, install_block_cache, remove_block_cache
+from worker.cache import block_cache_trace
 from worker.engine import JobHooks
 
 TINY_BLOCKS = 2
@@ -240,31 +239,9 @@ def with_cache(cache: Any, **changes: Any) -> GenerationParams:
     return dataclasses.replace(PARAMS, cache=spec, **changes)
 
 
-@pytest.fixture(scope="module")
-def uncached(engine) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """The frames of the pipeline with no cache hooks at all (our loop matches it: test_engine.py)."""
-    transformer = engine.pipe.transformer
-    remove_block_cache(transformer)
-    try:
-        frames: np.ndarray = engine.pipe(
-            prompt=PARAMS.prompt,
-            negative_prompt=PARAMS.negative_prompt,
-            height=PARAMS.height,
-            width=PARAMS.width,
-            num_frames=PARAMS.num_frames,
-            num_inference_steps=PARAMS.num_inference_steps,
-            guidance_scale=PARAMS.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(PARAMS.seed),
-            output_type="np",
-        ).frames[0]
-    finally:
-        install_block_cache(transformer)
-    return frames
-
-
-def test_cache_none_is_bit_exact_with_no_cache_hooks(engine, uncached: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+def test_cache_none_is_bit_exact_with_no_cache_hooks(engine, pipeline_frames: np.ndarray) -> None:  # type: ignore[no-untyped-def]
     result = engine.generate(PARAMS)
-    assert np.array_equal(result.frames, uncached)
+    assert np.array_equal(result.frames, pipeline_frames)
     passes = 2 * PARAMS.num_inference_steps
     assert result.cache == {
         "method": "none",
@@ -277,7 +254,7 @@ def test_cache_none_is_bit_exact_with_no_cache_hooks(engine, uncached: np.ndarra
     }
 
 
-def test_each_request_gets_its_own_schedule(engine, uncached: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+def test_each_request_gets_its_own_schedule(engine, pipeline_frames: np.ndarray) -> None:  # type: ignore[no-untyped-def]
     fast = engine.generate(with_cache("fast"))
     preset = dit_cache_preset("fast", PARAMS.num_inference_steps, TINY_BLOCKS)
     skips = sum(not preset.is_compute_step(step) for step in range(PARAMS.num_inference_steps))
@@ -287,14 +264,14 @@ def test_each_request_gets_its_own_schedule(engine, uncached: np.ndarray) -> Non
     assert fast.cache["preset"] == "fast"
     assert fast.cache["passes_skipped"] == 2 * skips  # both branches
     assert fast.cache["blocks_skipped"] == 2 * skips * preset.num_cached_blocks
-    assert not np.array_equal(fast.frames, uncached)
-    assert np.abs(fast.frames - uncached).max() < 0.05
+    assert not np.array_equal(fast.frames, pipeline_frames)
+    assert np.abs(fast.frames - pipeline_frames).max() < 0.05
 
     explicit = engine.generate(with_cache({"method": "dit", **DIT}))
     assert explicit.cache is not None and explicit.cache["config"] == DIT
     assert not np.array_equal(explicit.frames, fast.frames)
     # Back to uncached, then the same cached request again: state does not leak between requests.
-    assert np.array_equal(engine.generate(PARAMS).frames, uncached)
+    assert np.array_equal(engine.generate(PARAMS).frames, pipeline_frames)
     again = engine.generate(with_cache("fast"))
     assert np.array_equal(again.frames, fast.frames)
     # A preset the API could not size (no layer count in its profile) is sized by the worker, the same way.

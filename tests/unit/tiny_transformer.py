@@ -8,27 +8,15 @@ from typing import Any
 import torch
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
+from worker.tiny_model import TRANSFORMER_CONFIG
+
 NUM_BLOCKS = 4
 BRANCHES = ("cond", "uncond")
 
 
 def make_transformer() -> WanTransformer3DModel:
     torch.manual_seed(0)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=16,
-        out_channels=16,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=NUM_BLOCKS,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=32,
-    ).eval()
+    return WanTransformer3DModel(**{**TRANSFORMER_CONFIG, "num_layers": NUM_BLOCKS}).eval()
 
 
 def inputs(step: int, branch: str) -> dict[str, torch.Tensor]:
