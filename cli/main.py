@@ -82,7 +82,14 @@ def _api(args: argparse.Namespace) -> None:
     settings = args.settings
     app = server_app(settings)  # with several workers, only to refuse bad settings here, in one line
     # log_config=None: uvicorn's own lines go through our handler (WANSERVE_LOG_FORMAT) too.
-    options = {"host": args.host, "port": args.port, "log_level": "info", "log_config": None}
+    options = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": "info",
+        "log_config": None,
+        # Event streams stay open until their video ends: without a limit, a stopping API waits for them.
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
+    }
     workers = getattr(args, "workers", 1)
     if workers > 1:
         _share_metrics_between_processes()

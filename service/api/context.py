@@ -11,11 +11,13 @@ from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 from redis import Redis
+from redis.asyncio import BlockingConnectionPool as AsyncBlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
 from service.api.admission import IdempotencyKeys
 from service.api.auth import ApiKeys
+from service.api.events import VideoEvents
 from service.core import redis_keys
 from service.core.errors import BackendUnavailable
 from service.core.model_profile import ModelProfile, resolve_profile
@@ -27,6 +29,8 @@ from service.core.worker_registry import WorkerState, served_models
 log = logging.getLogger("wanserve.api")
 
 SERVED_MODELS_TTL_S = 1.0
+ASYNC_REDIS_CONNECTIONS = 32
+"""Redis connections of one API process's async reads (status, list, event streams), however many wait."""
 SERVING = {WorkerState.LOADING.value, WorkerState.IDLE.value, WorkerState.BUSY.value}
 
 _REDIS_OPTIONS: dict[str, Any] = {
@@ -46,6 +50,7 @@ class AppContext:
     idempotency: IdempotencyKeys
     _profile: ModelProfile | None = field(default=None)
     _async: tuple[asyncio.AbstractEventLoop, AsyncRedis] | None = field(default=None)
+    _events: tuple[asyncio.AbstractEventLoop, VideoEvents] | None = field(default=None)
     _served: tuple[float, set[str]] = field(default=(-math.inf, set()))
 
     @classmethod
@@ -68,14 +73,40 @@ class AppContext:
         """
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            self._async = (loop, AsyncRedis.from_url(self.settings.require_redis_url(), **_REDIS_OPTIONS))
+            # A burst of requests past the pool's size waits for a connection (up to the socket timeout)
+            # rather than failing with "Too many connections": one round trip each, they come back fast.
+            pool = AsyncBlockingConnectionPool.from_url(
+                self.settings.require_redis_url(),
+                max_connections=ASYNC_REDIS_CONNECTIONS,
+                timeout=_REDIS_OPTIONS["socket_timeout"],
+                **_REDIS_OPTIONS,
+            )
+            self._async = (loop, AsyncRedis.from_pool(pool))
         return self._async[1]
 
+    def video_events(self) -> VideoEvents:
+        """The event loop's subscription to video events (see :mod:`service.api.events`), on a client of
+        its own: a subscription waits on its connection for as long as there is nothing to say, which the
+        read client's socket timeout would cut."""
+        loop = asyncio.get_running_loop()
+        if self._events is None or self._events[0] is not loop:
+            client = AsyncRedis.from_url(
+                self.settings.require_redis_url(),
+                socket_connect_timeout=_REDIS_OPTIONS["socket_connect_timeout"],
+                socket_keepalive=True,
+            )
+            self._events = (loop, VideoEvents(client))
+        return self._events[1]
+
     async def close_async(self) -> None:
-        """Close the asyncio client (at the lifespan's end, in its loop)."""
-        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+        """Close the asyncio clients (at the lifespan's end, in their loop)."""
+        loop = asyncio.get_running_loop()
+        if self._async is not None and self._async[0] is loop:
             await self._async[1].aclose()
+        if self._events is not None and self._events[0] is loop:
+            await self._events[1].close()
         self._async = None
+        self._events = None
 
     def served_models(self) -> set[str]:
         """The models a live worker serves or loads; the registry is read at most once a second."""

@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -13,6 +14,7 @@ from service.api.admission import check_queue_length, check_rate
 from service.api.content import StoredFileResponse
 from service.api.context import AppContext, Context, Owner
 from service.api.error_handlers import SafeJSONResponse
+from service.api.events import video_event_stream
 from service.api.stored_content import content_response
 from service.api.webhooks import validate_webhook_url
 from service.core.errors import (
@@ -173,6 +175,37 @@ async def retrieve_video(video_id: str, context: Context, owner: Owner) -> Respo
     headers = {"openai-poll-after-ms": str(poll_after)} if poll_after is not None else None
     view = _view_of(context, video, await context.served_models_async())
     return SafeJSONResponse(view, headers=headers)
+
+
+@router.get(
+    "/videos/{video_id}/events",
+    summary="Follow a video: server-sent events, one per change, until it ends",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def video_events(
+    video_id: str,
+    context: Context,
+    owner: Owner,
+    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+) -> StreamingResponse:
+    redis = context.redis_async()
+    await context.store.read_async(redis, video_id, owner)  # an unknown id is a 404, before the stream
+
+    async def read() -> tuple[dict[str, Any], int]:
+        video = await context.store.read_async(redis, video_id, owner)
+        return _view_of(context, video, await context.served_models_async()), video.version
+
+    stream = video_event_stream(
+        context.video_events(),
+        video_id,
+        read,
+        last_event_id=last_event_id,
+        heartbeat_s=context.settings.events_heartbeat_s,
+    )
+    # X-Accel-Buffering: nginx (and proxies that copy it) pass each event on at once.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
 @router.post("/videos/{video_id}/cancel", summary="Cancel a queued or running video")

@@ -26,6 +26,16 @@ def cancel_key(video_id: str) -> str:
     return f"wanserve:cancel:{video_id}"
 
 
+VIDEO_EVENTS_PREFIX = "wanserve:events:"
+"""Pub/sub: a video's record changed (message: its new version, or ``deleted``) on the prefix + its id;
+a video's status changed on the prefix + ``QUEUE_MOVED`` (queue positions may have moved)."""
+QUEUE_MOVED = "queue"
+
+
+def video_events_channel(video_id: str) -> str:
+    return VIDEO_EVENTS_PREFIX + video_id
+
+
 VIDEOS_INDEX_KEY = "wanserve:videos"
 """Sorted set of every video id, scored by creation time in microseconds (the expiry cleaner reads it)."""
 

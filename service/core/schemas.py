@@ -15,6 +15,8 @@ from service.core.model_profile import ModelProfile
 from service.core.text import check_body, is_blank
 
 MAX_SEED = 2**32 - 1
+MAX_SECONDS = 60
+MAX_GUIDANCE_SCALE = 30.0
 
 
 class CreateVideoRequest(BaseModel):
@@ -25,7 +27,7 @@ class CreateVideoRequest(BaseModel):
     prompt: str = Field(min_length=1, description="What the video should show.")
     model: str | None = Field(default=None, description="Must name the served model when given.")
     seconds: int | None = Field(
-        default=None, ge=1, le=60, description="Clip length; frames = fps x seconds + 1."
+        default=None, ge=1, le=MAX_SECONDS, description="Clip length; frames = fps x seconds + 1."
     )
     size: str | None = Field(default=None, description="WIDTHxHEIGHT, one of the model's sizes.")
     num_frames: int | None = Field(default=None, ge=1, description="Frame count, 4k+1; overrides seconds.")
@@ -33,7 +35,7 @@ class CreateVideoRequest(BaseModel):
     negative_prompt: str | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     num_inference_steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=MAX_GUIDANCE_SCALE)
     webhook_url: str | None = Field(
         default=None, description="Receives video.completed / video.failed / video.cancelled, signed."
     )

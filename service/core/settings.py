@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest frames x pixels x steps one request may ask.",
     )
+    shutdown_grace_s: float = Field(
+        default=10,
+        ge=0,
+        description="On SIGTERM, open requests (event streams, downloads) get this long, then are cut.",
+    )
+    events_heartbeat_s: float = Field(
+        default=15, gt=0, description="An idle event stream sends a comment this often (proxies keep it)."
+    )
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="Largest request body accepted.")
     header_timeout_s: float = Field(
         default=10, gt=0, description="A request's headers must arrive within this long (else 408)."

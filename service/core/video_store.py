@@ -32,6 +32,8 @@ Record = dict[str, Any]
 IDEMPOTENCY_TTL_S = 24 * 3600
 """How long an ``Idempotency-Key`` keeps returning the video it created (if that video still exists)."""
 _MAX_WATCH_RETRIES = 100
+DELETED = "deleted"
+"""The message on a video's events channel when it is deleted (else: its record's new version)."""
 
 
 def new_video_id() -> str:
@@ -46,6 +48,11 @@ class VideoRead:
     status: VideoStatus
     error: Record | None
     queue_position: int | None
+
+    @property
+    def version(self) -> int:
+        """Bumped by every write of the record (see ``_ANNOUNCE``)."""
+        return int(self.record.get("version", 0))
 
 
 class VideoStore:
@@ -94,6 +101,7 @@ class VideoStore:
             "timings": {},
             "webhook_url": webhook_url,
             "idempotency_slot": idempotency_slot,
+            "version": 0,
         }
         score = int(now * 1_000_000)
         for _ in range(_MAX_WATCH_RETRIES):
@@ -207,10 +215,13 @@ class VideoStore:
             pipe.zrem(redis_keys.owner_index_key(record.get("owner", redis_keys.PUBLIC_OWNER)), video_id)
             if record.get("idempotency_slot"):
                 pipe.delete(record["idempotency_slot"])
+            pipe.publish(redis_keys.video_events_channel(video_id), DELETED)
             pipe.execute()
         if job is not None and not running:
             # Job.delete removes the job hash and its entries in the queue and every registry.
             job.delete(remove_from_queue=True, delete_dependents=False)
+        # Once the job has left the queue: the videos behind it read their new positions.
+        self.redis.publish(redis_keys.video_events_channel(redis_keys.QUEUE_MOVED), 1)
         return record
 
     def expired_ids(self, ttl_s: float, now: float | None = None, batch: int = 500) -> Iterator[str]:
@@ -283,7 +294,7 @@ class VideoStore:
         """Write fields of a record that still exists; False when it was deleted meanwhile."""
         key = redis_keys.video_key(video_id)
         # HSET on a deleted record would resurrect it as a fragment: only write while it exists.
-        written = self.redis.eval(_UPDATE_IF_EXISTS, 1, key, *_flatten(_encode(fields)))
+        written = self.redis.eval(_UPDATE_IF_EXISTS, 1, key, *_channels(video_id), *_flatten(_encode(fields)))
         return bool(written)
 
     def end_if_unchanged(self, video_id: str, expected_status: str, **fields: Any) -> bool:
@@ -291,7 +302,12 @@ class VideoStore:
         processes that see the same lost job, one ends it (and sends its webhook)."""
         key = redis_keys.video_key(video_id)
         written = self.redis.eval(
-            _UPDATE_IF_STATUS, 1, key, json.dumps(expected_status), *_flatten(_encode(fields))
+            _UPDATE_IF_STATUS,
+            1,
+            key,
+            *_channels(video_id),
+            json.dumps(expected_status),
+            *_flatten(_encode(fields)),
         )
         return bool(written)
 
@@ -417,18 +433,46 @@ return {#ids > limit and 1 or 0, videos}
 )
 
 
-_UPDATE_IF_EXISTS = """
+# Every write of a record goes through one of these: it bumps the record's version and announces it, so
+# an event stream never polls (see service.api.events).
+_ANNOUNCE = """
+-- KEYS[1]: the record. ARGV[1]: its events channel, ARGV[2]: the queue-moved one; fields from ARGV[first].
+local function write_and_announce(first)
+  redis.call('HSET', KEYS[1], unpack(ARGV, first))
+  local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+  redis.call('PUBLISH', ARGV[1], version)
+  for i = first, #ARGV, 2 do
+    if ARGV[i] == 'status' then redis.call('PUBLISH', ARGV[2], 1) break end
+  end
+  return 1
+end
+"""
+
+_UPDATE_IF_EXISTS = (
+    _ANNOUNCE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
+return write_and_announce(3)
 """
+)
 
 
-_UPDATE_IF_STATUS = """
-if redis.call('HGET', KEYS[1], 'status') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return 1
+_UPDATE_IF_STATUS = (
+    _ANNOUNCE
+    + """
+-- ARGV[3]: the status the record must still have.
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[3] then return 0 end
+return write_and_announce(4)
 """
+)
+
+
+def _channels(video_id: str) -> list[str]:
+    """ARGV[1:2] of the write scripts."""
+    return [
+        redis_keys.video_events_channel(video_id),
+        redis_keys.video_events_channel(redis_keys.QUEUE_MOVED),
+    ]
 
 
 def _encode(fields: Record) -> dict[Any, Any]:
