@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PORT ?= 8000
 
-.PHONY: dev test test-fast lint typecheck check clean deploy-check
+.PHONY: dev test test-fast lint typecheck check clean deploy-check chromium
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,19 @@ typecheck: $(BIN)/.installed
 
 # Everything: lint, types, the deployment files and every tier (unit, integration, e2e, distributed), slow
 # tests included (tests/deploy runs once, under deploy-check).
-test: deploy-check lint typecheck
+test: deploy-check lint typecheck chromium
 	$(BIN)/python -m pytest -q --ignore=tests/deploy
+
+# The browser the web page's tests drive (tests/browser.py): Debian's Chromium at /usr/bin/chromium, through
+# Playwright (whose own browser download cannot work offline). Installed with apt-get when missing, as root.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else \
+	    echo "chromium: /usr/bin/chromium is missing: install Debian's chromium as root (apt-get install chromium)" >&2; \
+	    exit 1; \
+	  fi; }
 
 # The unit and integration tiers without what trains or runs long: the loop while changing code.
 test-fast: $(BIN)/.installed

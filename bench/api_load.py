@@ -1,12 +1,15 @@
 """The API's hot path under load: a bare route, the status read, the list and create, side by side with wrk.
 
     .venv/bin/python bench/api_load.py [--workers 1] [--duration 10] [--repeat 2] [--write-docs]
-        [--redis-url redis://127.0.0.1:6379/9] [--repo TREE]
+        [--writes-per-s 20] [--redis-url redis://127.0.0.1:6379/9] [--repo TREE]
 
 Starts a real `wanserve api` (``--workers N`` processes) against ``--redis-url`` (flushed: a database of
 its own), seeds videos through the create route (no worker runs: they stay queued, which is what a
 status read and a list serve most), then runs ``wrk --latency`` with 16 connections against each route
-in turn, ``--repeat`` times, the routes interleaved so that noise falls on all of them alike. Prints
+in turn, ``--repeat`` times, the routes interleaved so that noise falls on all of them alike. The status
+read and the list run twice: alone, and while ``--writes-per-s`` progress writes a second land on the
+polled video (each one announced, so the API's kept answers are dropped; see service/api/read_cache.py).
+``WANSERVE_READ_CACHE_S=0`` in the environment measures them with no answer kept. Prints
 req/s, p50, p99 and the API processes' CPU time per request, with their ratios to the bare route
 (``/healthz``) of the same run; with ``--write-docs`` the table replaces the marked block of
 docs/BENCHMARKS.md. ``--repo`` runs another tree's `wanserve api` (an older commit, for a before/after).
@@ -25,12 +28,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from redis import Redis
+
+from service.core.video_store import VideoStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
@@ -150,14 +158,19 @@ def measure(args: argparse.Namespace, data: Path) -> dict[str, list[Run]]:
             # Each round starts from the same state: the creates of the last round are gone.
             redis.flushdb()
             ids = seed(base, args.videos)
+            polled = ids[len(ids) // 2]
+            churn = f" ({args.writes_per_s:g} writes/s)"
             targets = {
-                "GET /healthz (bare)": (f"{base}/healthz", None),
-                "GET /v1/videos/{id}": (f"{base}/v1/videos/{ids[len(ids) // 2]}", None),
-                "GET /v1/videos?limit=20": (f"{base}/v1/videos?limit=20", None),
-                "POST /v1/videos": (f"{base}/v1/videos", post_script),
+                "GET /healthz (bare)": (f"{base}/healthz", None, False),
+                "GET /v1/videos/{id}": (f"{base}/v1/videos/{polled}", None, False),
+                "GET /v1/videos?limit=20": (f"{base}/v1/videos?limit=20", None, False),
+                "GET /v1/videos/{id}" + churn: (f"{base}/v1/videos/{polled}", None, True),
+                "GET /v1/videos?limit=20" + churn: (f"{base}/v1/videos?limit=20", None, True),
+                "POST /v1/videos": (f"{base}/v1/videos", post_script, False),
             }
-            for name, (url, script) in targets.items():
-                run = wrk(url, args, api.pid, script)
+            for name, (url, script, written) in targets.items():
+                with progress_writes(redis, polled, args.writes_per_s if written else 0):
+                    run = wrk(url, args, api.pid, script)
                 runs.setdefault(name, []).append(run)
                 print(
                     f"round {repeat + 1}: {name:<26} {run.rps:8.0f} req/s  p50 {ms(run.p50_s)}  "
@@ -169,6 +182,31 @@ def measure(args: argparse.Namespace, data: Path) -> dict[str, list[Run]]:
         api.wait(timeout=30)
         redis.flushdb()
     return runs
+
+
+@contextmanager
+def progress_writes(redis: Redis, video_id: str, per_s: float) -> Iterator[None]:
+    """A worker's progress writes to the polled video meanwhile (each announced: the kept answers of its
+    status read and of every list page are dropped)."""
+    if per_s <= 0:
+        yield
+        return
+    store = VideoStore(redis, "wanserve")
+    stop = threading.Event()
+
+    def write() -> None:
+        step = 0
+        while not stop.wait(1 / per_s):
+            step += 1
+            store.update(video_id, progress=step % 100)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join()
 
 
 def ms(seconds: float, digits: int = 1) -> str:
@@ -226,6 +264,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--videos", type=int, default=100, help="videos seeded before each round")
+    parser.add_argument(
+        "--writes-per-s", type=float, default=20, help="progress writes to the polled video (churn rows)"
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument("--repo", type=Path, default=ROOT, help="the tree whose `wanserve api` runs")
@@ -238,14 +279,18 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     runs = measure(args, data)
     load = f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    cache = os.environ.get("WANSERVE_READ_CACHE_S")
+    prefix = "" if cache is None else f"WANSERVE_READ_CACHE_S={cache} "
+    repo = "" if args.repo == ROOT else f" --repo {args.repo}"
     command = (
-        f"`.venv/bin/python bench/api_load.py --workers {args.workers} --duration {args.duration} "
-        f"--repeat {args.repeat}{'' if args.repo == ROOT else f' --repo {args.repo}'}`"
+        f"`{prefix}.venv/bin/python bench/api_load.py --workers {args.workers} --duration {args.duration} "
+        f"--repeat {args.repeat}{repo}`"
     )
     section = (
         f"{command}: `wanserve api --workers {args.workers}`, wrk with {args.threads} threads and "
         f"{args.connections} connections, {args.duration} s per route, {args.repeat} rounds "
-        f"(routes interleaved; {args.videos} queued videos seeded per round, no worker). "
+        f"(routes interleaved; {args.videos} queued videos seeded per round, no worker; in the rows marked "
+        f"so, {args.writes_per_s:g} progress writes a second to the polled video, as a worker makes them). "
         f"Machine: {machine()}; {load}.\n\n{table(runs)}"
     )
     print()

@@ -20,8 +20,11 @@ from service.api.cleaner import run_cleaner
 from service.api.context import AppContext, Context, Owner
 from service.api.metrics import install_metrics
 from service.api.routes_videos import router as videos_router
+from service.api.routes_web import router as web_router
 from service.api.webhooks import WebhookSender
+from service.core.cache import CACHE_CHOICES
 from service.core.logs import configure_logging
+from service.core.schemas import MAX_GUIDANCE_SCALE, MAX_SECONDS, MAX_SEED
 from service.core.settings import Settings, SettingsError, get_settings
 from service.core.worker_registry import counts_by_state, live_workers, served_models
 
@@ -65,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     error_handlers.install(app)
     install_metrics(app, context.redis, settings.queue)  # outermost: it sees the 408s and 413s too
     app.include_router(videos_router)
+    app.include_router(web_router)  # the page at / (kept out of the OpenAPI schema)
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -91,22 +95,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not served:
             profile = context.profile()
             served = [{"model": profile.name, "profile": profile.to_json(), "parallel": [], "workers": {}}]
-        return {"object": "list", "data": [_model_object(model) for model in served]}
+        limits = _request_limits(context.settings)
+        return {"object": "list", "data": [_model_object(model, limits) for model in served]}
 
     return app
 
 
-def _model_object(served: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI model object with the profile's limits and defaults, and who serves it (parallel layouts,
-    devices, workers by state)."""
+def _model_object(served: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI model object with the profile's limits and defaults, the server's request limits and
+    cache presets, and who serves it (parallel layouts, devices, workers by state)."""
     return {
         "id": served["model"],
         "object": "model",
         "owned_by": "wanserve",
         **(served["profile"] or {}),
+        "limits": limits,
+        "cache_presets": list(CACHE_CHOICES),
         "parallel": served["parallel"],
         "devices": served.get("devices", []),
         "workers": served["workers"],
+    }
+
+
+def _request_limits(settings: Settings) -> dict[str, Any]:
+    """What this server accepts beyond the model's own limits (a form can enforce them as the API does)."""
+    return {
+        "max_prompt_chars": settings.max_prompt_chars,
+        "max_steps": settings.max_steps,
+        "max_work": settings.max_work,
+        "max_seed": MAX_SEED,
+        "max_seconds": MAX_SECONDS,
+        "max_guidance_scale": MAX_GUIDANCE_SCALE,
     }
 
 

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from service.api.admission import IdempotencyKeys
 from service.api.auth import ApiKeys
 from service.api.events import VideoEvents
+from service.api.read_cache import ReadCache
 from service.core import redis_keys
 from service.core.errors import BackendUnavailable
 from service.core.model_profile import ModelProfile, resolve_profile
@@ -52,6 +53,7 @@ class AppContext:
     _async: tuple[asyncio.AbstractEventLoop, AsyncRedis] | None = field(default=None)
     _events: tuple[asyncio.AbstractEventLoop, VideoEvents] | None = field(default=None)
     _served: tuple[float, set[str]] = field(default=(-math.inf, set()))
+    _refreshing: tuple[asyncio.AbstractEventLoop, asyncio.Future[set[str]]] | None = field(default=None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppContext:
@@ -95,8 +97,22 @@ class AppContext:
                 socket_connect_timeout=_REDIS_OPTIONS["socket_connect_timeout"],
                 socket_keepalive=True,
             )
-            self._events = (loop, VideoEvents(client))
+            self._events = (loop, VideoEvents(client, ReadCache(self.settings.read_cache_s)))
         return self._events[1]
+
+    def read_cache(self) -> ReadCache | None:
+        """This process's cache of status reads and list pages (None when ``WANSERVE_READ_CACHE_S`` is 0);
+        it serves once the video events subscription is up."""
+        if self.settings.read_cache_s <= 0:
+            return None
+        events = self.video_events()
+        events.start()
+        return events.cache
+
+    def forget_read(self, video_id: str) -> None:
+        """This process changed a video: its next read goes to Redis (the announcement may come later)."""
+        if self._events is not None:
+            self._events[1].cache.forget(video_id)
 
     async def close_async(self) -> None:
         """Close the asyncio clients (at the lifespan's end, in their loop)."""
@@ -119,10 +135,14 @@ class AppContext:
         return self._served[1]
 
     async def served_models_async(self) -> set[str]:
-        """The same, for the async routes: a stale answer is refreshed in a thread, off the event loop."""
-        if time.monotonic() - self._served[0] > SERVED_MODELS_TTL_S:
-            return await run_in_threadpool(self.served_models)
-        return self._served[1]
+        """The same, for the async routes: a stale answer is refreshed in a thread, off the event loop, once
+        for all the requests that find it stale together (not a thread each)."""
+        if time.monotonic() - self._served[0] <= SERVED_MODELS_TTL_S:
+            return self._served[1]
+        loop = asyncio.get_running_loop()
+        if self._refreshing is None or self._refreshing[0] is not loop or self._refreshing[1].done():
+            self._refreshing = (loop, asyncio.ensure_future(run_in_threadpool(self.served_models)))
+        return await asyncio.shield(self._refreshing[1])
 
     def profile(self) -> ModelProfile:
         """The served model's profile; cached once known (workers may register it after the API starts)."""
@@ -136,18 +156,28 @@ class AppContext:
         return self._profile
 
 
-# The dependencies are coroutines only so that they run on the event loop, not in a thread: they compute.
-async def get_context(request: Request) -> AppContext:
+def context_of(request: Request) -> AppContext:
     context: AppContext = request.app.state.context
     return context
+
+
+def owner_of(request: Request) -> str:
+    """Who is asking: the API key's owner id (401 without a valid key when keys are configured)."""
+    return context_of(request).api_keys.owner(request.headers.get("authorization"))
+
+
+# The dependencies are coroutines only so that they run on the event loop, not in a thread: they compute.
+# The routes clients poll call the functions above directly: FastAPI's dependency solving costs a status
+# read about a quarter of its time.
+async def get_context(request: Request) -> AppContext:
+    return context_of(request)
 
 
 Context = Annotated[AppContext, Depends(get_context)]
 
 
-async def get_owner(request: Request, context: Context) -> str:
-    """Who is asking: the API key's owner id (401 without a valid key when keys are configured)."""
-    return context.api_keys.owner(request.headers.get("authorization"))
+async def get_owner(request: Request) -> str:
+    return owner_of(request)
 
 
 Owner = Annotated[str, Depends(get_owner)]

@@ -25,15 +25,20 @@ def error_body(exc: errors.WanserveError) -> dict[str, object]:
 
 def error_bytes(exc: errors.WanserveError) -> bytes:
     """The same body, encoded, for the layers below FastAPI (the protocol and the body limit)."""
-    return json.dumps(error_body(exc), ensure_ascii=True, separators=(",", ":")).encode()
+    return json_bytes(error_body(exc))
+
+
+def json_bytes(content: object) -> bytes:
+    """JSON with non-ASCII escaped: text that cannot be encoded as UTF-8 (a lone surrogate in a record
+    stored before such text was refused) still renders, rather than failing every read that carries it."""
+    return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
 class SafeJSONResponse(JSONResponse):
-    """JSON with non-ASCII escaped: text that cannot be encoded as UTF-8 (a lone surrogate in a record
-    stored before such text was refused) still renders, rather than failing every read that carries it."""
+    """A response rendered by :func:`json_bytes`."""
 
     def render(self, content: object) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+        return json_bytes(content)
 
 
 def error_response(exc: errors.WanserveError) -> JSONResponse:

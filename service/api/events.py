@@ -19,6 +19,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from service.api.error_handlers import error_body
+from service.api.read_cache import ReadCache
 from service.core import redis_keys
 from service.core.errors import VideoNotFound
 from service.core.lifecycle import VideoStatus
@@ -39,8 +40,10 @@ class VideoEvents:
     Built per event loop (its connection belongs to the loop that made it), started on first use.
     """
 
-    def __init__(self, redis: AsyncRedis) -> None:
+    def __init__(self, redis: AsyncRedis, cache: ReadCache) -> None:
         self._redis = redis
+        self.cache = cache
+        """Told of every announcement, and of the subscription's state."""
         self._watchers: dict[str, set[asyncio.Event]] = {}
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -49,8 +52,7 @@ class VideoEvents:
     def watch(self, video_id: str) -> Iterator[Watch]:
         """A watch of one video, woken when it is announced, and when the subscription was (re)made since
         announcements may have been missed meanwhile."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._listen(), name="video-events")
+        self.start()
         watch = Watch(self._watchers, asyncio.Event())
         watch.follow(video_id, True)
         try:
@@ -58,6 +60,11 @@ class VideoEvents:
         finally:
             watch.follow(video_id, False)
             watch.follow(redis_keys.QUEUE_MOVED, False)
+
+    def start(self) -> None:
+        """Subscribe, if not yet (in the running event loop; idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._listen(), name="video-events")
 
     async def subscribed(self, timeout_s: float) -> bool:
         """Wait until the subscription is live (False if Redis does not answer within ``timeout_s``)."""
@@ -81,6 +88,7 @@ class VideoEvents:
             try:
                 await pubsub.psubscribe(prefix + "*")
                 self._subscribed.set()
+                self.cache.live = True
                 self._wake_all()
                 async for message in pubsub.listen():
                     self._wake(message["channel"].decode()[len(prefix) :])
@@ -88,6 +96,7 @@ class VideoEvents:
                 log.warning("video events: Redis subscription lost (%s); resubscribing", exc)
             finally:
                 self._subscribed.clear()
+                self.cache.live = False
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
             # Watchers re-read now (they may have missed an announcement) and again once resubscribed.
@@ -95,10 +104,12 @@ class VideoEvents:
             await asyncio.sleep(RECONNECT_DELAY_S)
 
     def _wake(self, name: str) -> None:
+        self.cache.forget(name)
         for changed in self._watchers.get(name, ()):
             changed.set()
 
     def _wake_all(self) -> None:
+        self.cache.forget(None)
         for watchers in self._watchers.values():
             for changed in watchers:
                 changed.set()

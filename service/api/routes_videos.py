@@ -12,9 +12,10 @@ from starlette.datastructures import UploadFile
 
 from service.api.admission import check_queue_length, check_rate
 from service.api.content import StoredFileResponse
-from service.api.context import AppContext, Context, Owner
-from service.api.error_handlers import SafeJSONResponse
+from service.api.context import AppContext, Context, Owner, context_of, owner_of
+from service.api.error_handlers import json_bytes
 from service.api.events import video_event_stream
+from service.api.read_cache import Answer
 from service.api.stored_content import content_response
 from service.api.webhooks import validate_webhook_url
 from service.core.errors import (
@@ -74,6 +75,7 @@ async def create_video(
     record = await run_in_threadpool(
         _admit_and_create, context, owner, params, profile.name, create, body, idempotency_key
     )
+    context.forget_read(record["id"])
     response.headers["openai-poll-after-ms"] = str(POLL_AFTER_MS[VideoStatus.QUEUED])
     return _view(context, record)
 
@@ -143,38 +145,51 @@ def _earlier_record(context: AppContext, video_id: str, owner: str) -> Record:
 
 
 # The reads clients poll are coroutines on redis.asyncio, one Redis round trip each, and return their
-# JSON response themselves: the view is JSON already, FastAPI's encoding pass would only repeat it.
+# JSON response themselves: the view is JSON already, FastAPI's encoding pass would only repeat it. Their
+# answers are kept in this process until Redis announces a change (service.api.read_cache).
 @router.get("/videos", summary="List videos", response_model=dict[str, Any])
 async def list_videos(
-    context: Context,
-    owner: Owner,
+    request: Request,
     after: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
 ) -> Response:
-    videos, has_more = await context.store.list_async(
-        context.redis_async(), owner=owner, after=after, limit=limit, order=order
-    )
-    served = await context.served_models_async()
-    data = [_view_of(context, video, served) for video in videos]
-    return SafeJSONResponse(
-        {
+    context, owner = context_of(request), owner_of(request)
+
+    async def read() -> Answer:
+        videos, has_more = await context.store.list_async(
+            context.redis_async(), owner=owner, after=after, limit=limit, order=order
+        )
+        served = await context.served_models_async()
+        data = [_view_of(context, video, served) for video in videos]
+        page = {
             "object": "list",
             "data": data,
             "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None,
             "has_more": has_more,
         }
-    )
+        return Answer(json_bytes(page), {}, queued=False)
+
+    cache = context.read_cache()
+    answer = await (read() if cache is None else cache.page((owner, after, limit, order), owner, read))
+    return Response(answer.body, media_type="application/json", headers=answer.headers)
 
 
 @router.get("/videos/{video_id}", summary="Retrieve a video", response_model=dict[str, Any])
-async def retrieve_video(video_id: str, context: Context, owner: Owner) -> Response:
-    video = await context.store.read_async(context.redis_async(), video_id, owner)
-    poll_after = POLL_AFTER_MS.get(video.status)
-    headers = {"openai-poll-after-ms": str(poll_after)} if poll_after is not None else None
-    view = _view_of(context, video, await context.served_models_async())
-    return SafeJSONResponse(view, headers=headers)
+async def retrieve_video(video_id: str, request: Request) -> Response:
+    context, owner = context_of(request), owner_of(request)
+
+    async def read() -> Answer:
+        video = await context.store.read_async(context.redis_async(), video_id, owner)
+        poll_after = POLL_AFTER_MS.get(video.status)
+        headers = {"openai-poll-after-ms": str(poll_after)} if poll_after is not None else {}
+        view = _view_of(context, video, await context.served_models_async())
+        return Answer(json_bytes(view), headers, queued=video.status == VideoStatus.QUEUED)
+
+    cache = context.read_cache()
+    answer = await (read() if cache is None else cache.video(video_id, owner, read))
+    return Response(answer.body, media_type="application/json", headers=answer.headers)
 
 
 @router.get(
@@ -211,6 +226,7 @@ async def video_events(
 @router.post("/videos/{video_id}/cancel", summary="Cancel a queued or running video")
 def cancel_video(video_id: str, context: Context, owner: Owner) -> dict[str, Any]:
     record = context.store.cancel(video_id, owner)
+    context.forget_read(video_id)
     if record["status"] == VideoStatus.CANCELLED:  # a queued video: it ended here, not in a worker
         video_ended(context.redis, record, context.settings.result_ttl_s)
     return _view(context, record)
@@ -219,6 +235,7 @@ def cancel_video(video_id: str, context: Context, owner: Owner) -> dict[str, Any
 @router.delete("/videos/{video_id}", summary="Delete a video (cancels it if queued or running)")
 def delete_video(video_id: str, context: Context, owner: Owner) -> dict[str, Any]:
     context.store.delete(video_id, owner)
+    context.forget_read(video_id)
     context.storage.delete(video_id)
     return {"id": video_id, "object": "video.deleted", "deleted": True}
 

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM, open requests (event streams, downloads) get this long, then are cut.",
     )
+    read_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Status reads and list pages are served from memory until Redis announces a change, "
+        "and at most this long (0: off).",
+    )
     events_heartbeat_s: float = Field(
         default=15, gt=0, description="An idle event stream sends a comment this often (proxies keep it)."
     )

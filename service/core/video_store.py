@@ -118,6 +118,7 @@ class VideoStore:
                     pipe.zadd(redis_keys.owner_index_key(owner), {video_id: score})
                     if idempotency_slot is not None:
                         pipe.expire(idempotency_slot, IDEMPOTENCY_TTL_S)
+                    pipe.publish(redis_keys.video_events_channel(video_id), 0)  # new in its owner's list
                     self.queue.enqueue_call(
                         redis_keys.GENERATE_FUNCTION,
                         args=(video_id,),

@@ -5,11 +5,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.processes import Processes
 from tests.s3_server import s3_bucket, s3_server  # noqa: F401 (fixtures for the tests here)
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 
 @pytest.fixture
@@ -25,3 +29,13 @@ def fresh_data_dir(data_dir: Path, tmp_path: Path) -> Path:
     target = tmp_path / "data"
     shutil.copytree(data_dir / "models", target / "models")
     return target
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, one per test module (each test opens its own context in it); closed with
+    the module, so that Playwright's event loop never outlives the tests that drive it."""
+    from tests.browser import chromium  # only the browser tests need Playwright installed
+
+    with chromium() as launched:
+        yield launched

@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 from redis import Redis
 
+from service.api.app import create_app
 from service.api.webhooks import WebhookSender
+from service.core.settings import Settings
+from tests.live_server import served
 from tests.s3_server import s3_bucket, s3_server  # noqa: F401 (fixtures for the tests here)
 from tests.webhook_receivers import SECRET, Trickler, serve_trickling
 
@@ -34,3 +37,18 @@ def trickler() -> Iterator[Trickler]:
     state, stop = serve_trickling()
     yield state
     stop()
+
+
+@pytest.fixture
+def live_api(settings: Settings) -> Iterator[Callable[..., str]]:
+    """Base URLs of apps built from ``settings`` with overrides, each served by a real uvicorn."""
+    stack: list[Any] = []
+
+    def start(**overrides: Any) -> str:
+        server = served(create_app(settings.model_copy(update=overrides)))
+        stack.append(server)
+        return server.__enter__()
+
+    yield start
+    for server in reversed(stack):
+        server.__exit__(None, None, None)

@@ -5,40 +5,23 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import pytest
 from redis import Redis
 from rq.job import Job, JobStatus
 
-from service.api.app import create_app
 from service.api.context import ASYNC_REDIS_CONNECTIONS
 from service.core import redis_keys
 from service.core.settings import Settings
-from tests.live_server import served
 from tests.processes import wait_until
+from tests.redis_clients import clients, subscribers
 from tests.sse import Follower
 from worker.serve import make_worker
 
 # Long enough that a test which passes was woken by Redis, not by a heartbeat's re-read.
 NO_HEARTBEAT = {"events_heartbeat_s": 60.0}
-
-
-@pytest.fixture
-def serve(settings: Settings) -> Iterator[Callable[..., str]]:
-    """Base URLs of apps built from ``settings`` with overrides, each served by a real uvicorn."""
-    stack: list[Any] = []
-
-    def start(**overrides: Any) -> str:
-        server = served(create_app(settings.model_copy(update=overrides)))
-        stack.append(server)
-        return server.__enter__()
-
-    yield start
-    for server in reversed(stack):
-        server.__exit__(None, None, None)
 
 
 def create(base: str, headers: dict[str, str] | None = None, **body: Any) -> str:
@@ -55,9 +38,9 @@ def follow(base: str, video_id: str, **headers: str) -> Follower:
 
 
 def test_every_step_arrives_as_an_event_and_the_stream_ends_with_the_video(
-    serve: Callable[..., str], settings: Settings, engine: Any, redis: Redis
+    live_api: Callable[..., str], settings: Settings, engine: Any, redis: Redis
 ) -> None:
-    base = serve(**NO_HEARTBEAT)
+    base = live_api(**NO_HEARTBEAT)
     video_id = create(base)
     follower = follow(base, video_id)
     assert follower.status_code == 200 and follower.content_type.startswith("text/event-stream")
@@ -80,9 +63,9 @@ def test_every_step_arrives_as_an_event_and_the_stream_ends_with_the_video(
 
 
 def test_a_client_that_comes_back_after_the_end_still_gets_it(
-    serve: Callable[..., str], settings: Settings, engine: Any, redis: Redis
+    live_api: Callable[..., str], settings: Settings, engine: Any, redis: Redis
 ) -> None:
-    base = serve(**NO_HEARTBEAT)
+    base = live_api(**NO_HEARTBEAT)
     video_id = create(base, num_inference_steps=2)
     first = follow(base, video_id)
     last_seen = first.events[-1].id
@@ -100,8 +83,8 @@ def test_a_client_that_comes_back_after_the_end_still_gets_it(
     assert [event.event for event in once_more.events][-1] == "end", "the end is never withheld"
 
 
-def test_a_reconnect_with_the_latest_id_is_not_sent_it_again(serve: Callable[..., str]) -> None:
-    base = serve(**NO_HEARTBEAT)
+def test_a_reconnect_with_the_latest_id_is_not_sent_it_again(live_api: Callable[..., str]) -> None:
+    base = live_api(**NO_HEARTBEAT)
     video_id = create(base)
     first = follow(base, video_id)
     latest = first.events[-1].id
@@ -117,8 +100,8 @@ def test_a_reconnect_with_the_latest_id_is_not_sent_it_again(serve: Callable[...
     first.wait_closed(10)
 
 
-def test_a_queued_video_hears_its_queue_position_move(serve: Callable[..., str]) -> None:
-    base = serve(**NO_HEARTBEAT)
+def test_a_queued_video_hears_its_queue_position_move(live_api: Callable[..., str]) -> None:
+    base = live_api(**NO_HEARTBEAT)
     ahead = create(base)
     video_id = create(base)
     follower = follow(base, video_id)
@@ -127,8 +110,8 @@ def test_a_queued_video_hears_its_queue_position_move(serve: Callable[..., str])
     wait_until(lambda: follower.videos()[-1]["queue_position"] == 0, 5, "the new queue position")
 
 
-def test_a_deleted_video_ends_its_stream_with_an_error(serve: Callable[..., str]) -> None:
-    base = serve(**NO_HEARTBEAT)
+def test_a_deleted_video_ends_its_stream_with_an_error(live_api: Callable[..., str]) -> None:
+    base = live_api(**NO_HEARTBEAT)
     video_id = create(base)
     follower = follow(base, video_id)
     httpx.delete(f"{base}/v1/videos/{video_id}")
@@ -137,8 +120,8 @@ def test_a_deleted_video_ends_its_stream_with_an_error(serve: Callable[..., str]
     assert follower.events[-1].data["error"]["code"] == "video_not_found"
 
 
-def test_unknown_and_foreign_videos_are_404_and_keys_are_required(serve: Callable[..., str]) -> None:
-    base = serve(api_keys="alpha,beta", **NO_HEARTBEAT)
+def test_unknown_and_foreign_videos_are_404_and_keys_are_required(live_api: Callable[..., str]) -> None:
+    base = live_api(api_keys="alpha,beta", **NO_HEARTBEAT)
     alpha = {"Authorization": "Bearer alpha"}
     video_id = create(base, headers=alpha)
     assert httpx.get(f"{base}/v1/videos/{video_id}/events").status_code == 401
@@ -150,8 +133,8 @@ def test_unknown_and_foreign_videos_are_404_and_keys_are_required(serve: Callabl
     assert mine.status_code == 200 and mine.videos()[0]["id"] == video_id
 
 
-def test_an_idle_stream_carries_heartbeat_comments(serve: Callable[..., str]) -> None:
-    base = serve(events_heartbeat_s=0.2)
+def test_an_idle_stream_carries_heartbeat_comments(live_api: Callable[..., str]) -> None:
+    base = live_api(events_heartbeat_s=0.2)
     follower = follow(base, create(base))
     wait_until(lambda: len(follower.comments) >= 3, 5, "heartbeats")
     assert set(follower.comments) == {"keep-alive"}
@@ -159,28 +142,30 @@ def test_an_idle_stream_carries_heartbeat_comments(serve: Callable[..., str]) ->
 
 
 def test_a_lost_subscription_is_made_again_and_nothing_is_missed(
-    serve: Callable[..., str], redis: Redis, settings: Settings
+    live_api: Callable[..., str], redis: Redis, settings: Settings
 ) -> None:
-    base = serve(**NO_HEARTBEAT)
+    base = live_api(**NO_HEARTBEAT)
     video_id = create(base)
     follower = follow(base, video_id)
-    wait_until(lambda: len(_subscribers(redis)) == 1, 5, "the subscription")
-    for client in _subscribers(redis):
+    wait_until(lambda: len(subscribers(redis)) == 1, 5, "the subscription")
+    for client in subscribers(redis):
         redis.client_kill_filter(_id=client["id"])
     # Written while the API has no subscription: heard when it subscribes again.
     redis.eval("redis.call('HSET', KEYS[1], 'progress', ARGV[1])", 1, redis_keys.video_key(video_id), "7")
     wait_until(lambda: follower.videos()[-1]["progress"] == 7, 10, "the missed change")
-    wait_until(lambda: len(_subscribers(redis)) == 1, 10, "the new subscription")
+    wait_until(lambda: len(subscribers(redis)) == 1, 10, "the new subscription")
     httpx.post(f"{base}/v1/videos/{video_id}/cancel")
     follower.wait_closed(5)
     assert follower.events[-1].data["status"] == "cancelled"
 
 
-def test_many_streams_cost_no_thread_and_no_connection_each(serve: Callable[..., str], redis: Redis) -> None:
-    base = serve(**NO_HEARTBEAT)
+def test_many_streams_cost_no_thread_and_no_connection_each(
+    live_api: Callable[..., str], redis: Redis
+) -> None:
+    base = live_api(**NO_HEARTBEAT)
     video_id = create(base)
     host, port = base.removeprefix("http://").split(":")
-    threads, clients = threading.active_count(), len(_clients(redis))
+    threads, connections = threading.active_count(), len(clients(redis))
     request = f"GET /v1/videos/{video_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     streams = [socket.create_connection((host, int(port))) for _ in range(200)]
     try:
@@ -191,7 +176,7 @@ def test_many_streams_cost_no_thread_and_no_connection_each(serve: Callable[...,
             assert b"event: video" in _read_until(stream, b"event: video")
         assert threading.active_count() - threads <= 4
         # The async reads' pool and the one subscription, however many streams.
-        assert len(_clients(redis)) - clients <= ASYNC_REDIS_CONNECTIONS + 2
+        assert len(clients(redis)) - connections <= ASYNC_REDIS_CONNECTIONS + 2
         assert httpx.post(f"{base}/v1/videos/{video_id}/cancel").status_code == 200
         for stream in streams:
             assert b"event: end" in _read_until(stream, b"event: end")
@@ -210,23 +195,12 @@ def _read_until(sock: socket.socket, marker: bytes) -> bytes:
     return data
 
 
-def _clients(redis: Redis) -> list[dict[str, Any]]:
-    """The clients of this test database (other tests may use the same Redis server)."""
-    db = str(redis.connection_pool.connection_kwargs.get("db", 0))
-    return [client for client in redis.client_list() if client["db"] == db]
-
-
-def _subscribers(redis: Redis) -> list[dict[str, Any]]:
-    """This test database's pattern subscribers (pub/sub is server-wide; other tests' are left alone)."""
-    return [client for client in _clients(redis) if int(client["psub"]) > 0]
-
-
 def test_a_status_only_rq_knows_is_read_at_the_next_heartbeat(
-    serve: Callable[..., str], redis: Redis
+    live_api: Callable[..., str], redis: Redis
 ) -> None:
     """A job RQ gave up on (its worker died) fails with no write to the record: nothing is announced,
     and the heartbeat's read finds it."""
-    base = serve(events_heartbeat_s=0.3)
+    base = live_api(events_heartbeat_s=0.3)
     video_id = create(base)
     follower = follow(base, video_id)
     Job.fetch(video_id, connection=redis, serializer=redis_keys.SERIALIZER).set_status(JobStatus.FAILED)
