@@ -85,7 +85,10 @@ class Panel:
     """Horizontal reference lines, (label, y)."""
 
 
-_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_COLOURS = (
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#000000", "#bcbd22", "#7f7f7f", "#aec7e8", "#ff9896", "#98df8a", "#ffbb78", "#c5b0d5",
+)  # fmt: skip
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:

@@ -1,6 +1,7 @@
 """Does the shapes model draw what it is told? And what do the caches cost it?
 
     .venv/bin/python bench/shapes_eval.py [--seeds 3] [--caches none,balanced,fast,adaptive] [--json F]
+        [--steps 50] [--prompt-stride 3] [--plot F.svg]
 
 Every colour x shape x direction prompt ("a {colour} {shape} moving {direction}") with several seeds goes
 through the engine the worker runs, is written as the MP4 a user downloads, decoded again and read by
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cache_metrics import video_quality
+from bench.cache_metrics import Panel, scatter_svg, video_quality
 from service.core.cache import resolve_cache
 from service.core.schemas import GenerationParams
 from shapes_model.analyse import analyse_mp4
@@ -42,6 +43,19 @@ CACHES: dict[str, Any] = {
     "fast": "fast",
     "adaptive": "adaptive",
     "adaptive-0.1": {"method": "adaptive", "threshold": 0.1},
+    "adaptive-0.2": {"method": "adaptive", "threshold": 0.2},
+    "magcache": "magcache",
+    "magcache-0.24-k4": {"method": "magcache", "threshold": 0.24, "max_skip_steps": 4},
+    "magcache-0.5-k6": {"method": "magcache", "threshold": 0.5, "max_skip_steps": 6},
+    "teacache": "teacache",
+    "teacache-0.15": {"method": "teacache", "threshold": 0.15},
+    "teacache-0.2": {"method": "teacache", "threshold": 0.2},
+    "teacache-0.4": {"method": "teacache", "threshold": 0.4},
+    "easycache": "easycache",
+    "easycache-0.05": {"method": "easycache", "threshold": 0.05},
+    "easycache-0.08": {"method": "easycache", "threshold": 0.08},
+    "easycache-0.1": {"method": "easycache", "threshold": 0.1},
+    "easycache-0.2": {"method": "easycache", "threshold": 0.2},
 }
 
 
@@ -56,7 +70,11 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
     parser.add_argument("--caches", default="none", help=f"comma-separated, of {', '.join(CACHES)}")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--prompt-stride", type=int, default=1, help="every k-th prompt of the 60 (1: all of them)"
+    )
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None, help="an SVG of PSNR against speed-up")
     parser.add_argument("--keep", type=Path, default=None, help="keep the MP4s here")
     args = parser.parse_args()
     caches = args.caches.split(",")
@@ -76,13 +94,18 @@ def main() -> None:
     videos.mkdir(parents=True, exist_ok=True)
 
     runs: list[dict[str, Any]] = []
-    for (colour, shape, direction), seed in itertools.product(
-        itertools.product(COLOURS, SHAPES, DIRECTIONS), range(args.seeds)
-    ):
+    prompts = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))[:: args.prompt_stride]
+    for (colour, shape, direction), seed in itertools.product(prompts, range(args.seeds)):
         prompt = f"a {colour} {shape} moving {direction}"
         reference: Any = None
         for name in caches:
-            params = dataclasses.replace(base, prompt=prompt, seed=seed, cache=resolve_cache(CACHES[name]))
+            cache = resolve_cache(
+                CACHES[name],
+                num_steps=base.num_inference_steps,
+                num_layers=profile.num_layers,
+                calibrations=engine.calibration.methods,
+            )
+            params = dataclasses.replace(base, prompt=prompt, seed=seed, cache=cache)
             result = engine.generate(params)
             assert result.frames is not None
             path = videos / f"{name}-{colour}-{shape}-{direction}-{seed}.mp4"
@@ -98,29 +121,44 @@ def main() -> None:
             else:
                 run.update(video_quality(result.frames, reference.frames))
                 run["speedup"] = reference.timings["denoise_s"] / result.timings["denoise_s"]
-                run["blocks_skipped"] = result.cache["blocks_skipped"] if result.cache else 0
+                counts = result.cache or {}
+                run["blocks_skipped"] = counts.get("blocks_skipped", 0)
+                total = counts.get("blocks_skipped", 0) + counts.get("blocks_computed", 0)
+                run["blocks_skipped_share"] = counts.get("blocks_skipped", 0) / total if total else 0.0
+                computed = counts.get("blocks_computed", 0)
+                run["ideal_speedup"] = total / computed if computed else 1.0
             runs.append(run)
         print(f"{prompt} seed {seed}: " + ", ".join(
             f"{r['cache']}={r['seen']['colour']}/{r['seen']['shape']}/{r['seen']['direction']}"
             for r in runs[-len(caches):]), flush=True)  # fmt: skip
 
     rows = [summarise(name, [r for r in runs if r["cache"] == name]) for name in caches]
-    prompts = len(COLOURS) * len(SHAPES) * len(DIRECTIONS)
     settings = (f"{profile.name}, {width}x{height}, {args.frames} frames, {base.num_inference_steps} steps, "
-                f"guidance {base.guidance_scale:g}, {prompts} prompts x {args.seeds} seeds, "
+                f"guidance {base.guidance_scale:g}, {len(prompts)} prompts x {args.seeds} seeds, "
                 f"{args.threads} threads; {time.perf_counter() - started:.0f} s")  # fmt: skip
     print(f"\n{settings}\n")
     print(
-        "| cache | colour | direction | shape | all three | PSNR dB vs uncached | SSIM | denoise speed-up |"
+        "| cache | blocks skipped | ideal speed-up | denoise speed-up (median) | PSNR dB (mean; worst frame) "
+        "| SSIM | colour | direction | shape | all three |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        quality = (f"{row['psnr_db']:.1f} | {row['ssim']:.4f} | x{row['speedup']:.2f}"
-                   if "psnr_db" in row else "- | - | -")  # fmt: skip
-        print(f"| {row['cache']} | {row['colour']:.1%} | {row['direction']:.1%} | {row['shape']:.1%} "
-              f"| {row['all']:.1%} | {quality} |")  # fmt: skip
+        quality = (f"{row['blocks_skipped_share']:.1%} | x{row['ideal_speedup']:.2f} | x{row['speedup']:.2f} "
+                   f"| {row['psnr_db']:.1f}; {row['psnr_min_db']:.1f} | {row['ssim']:.4f}"
+                   if "psnr_db" in row else "0 | x1.00 | x1.00 | - | -")  # fmt: skip
+        print(f"| {row['cache']} | {quality} | {row['colour']:.1%} | {row['direction']:.1%} "
+              f"| {row['shape']:.1%} | {row['all']:.1%} |")  # fmt: skip
     if args.json is not None:
         args.json.write_text(json.dumps({"settings": settings, "rows": rows, "runs": runs}, indent=1))
+    if args.plot is not None:
+        cached = [row for row in rows if "psnr_db" in row]
+        line = [("30 dB", 30.0)]
+        mean = [(row["cache"], row["speedup"], row["psnr_db"]) for row in cached]
+        worst = [(row["cache"], row["speedup"], row["psnr_min_db"]) for row in cached]
+        args.plot.write_text(scatter_svg([
+            Panel("quality against speed-up", "denoise speed-up (median)", "PSNR dB (mean)", mean, line),
+            Panel("worst frame", "denoise speed-up (median)", "PSNR dB, worst frame", worst, line),
+        ], f"Caches on {profile.name}, {base.num_inference_steps} steps"))  # fmt: skip
 
 
 def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,8 +172,11 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     if name != "none":
         row["psnr_db"] = float(np.mean([r["psnr_db"] for r in runs]))
+        row["psnr_min_db"] = float(np.min([r["psnr_min_db"] for r in runs]))
         row["ssim"] = float(np.mean([r["ssim"] for r in runs]))
         row["speedup"] = statistics.median(r["speedup"] for r in runs)
+        row["ideal_speedup"] = float(np.mean([r["ideal_speedup"] for r in runs]))
+        row["blocks_skipped_share"] = float(np.mean([r["blocks_skipped_share"] for r in runs]))
     return row
 
 

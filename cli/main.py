@@ -1,4 +1,5 @@
-"""The ``wanserve`` command: dev, api, worker, generate. Torch is imported only by worker and generate."""
+"""The ``wanserve`` command: dev, api, worker, generate, cache-calibrate. Torch is imported only by worker,
+generate and cache-calibrate."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from service.core.logs import configure_logging
@@ -20,7 +22,7 @@ log = logging.getLogger("wanserve")
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    command = f"wanserve {args.run.__name__.lstrip('_')}"
+    command = f"wanserve {args.run.__name__.lstrip('_').replace('_', '-')}"
     # Problems with the environment end in one line naming the variable, before anything heavy loads.
     try:
         args.settings = load_settings()
@@ -70,6 +72,28 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--negative-prompt")
     generate.add_argument("--seed", type=int)
     generate.set_defaults(run=_generate)
+
+    calibrate = commands.add_parser(
+        "cache-calibrate",
+        help="measure MagCache's ratio curves and fit TeaCache's polynomial for the model (one process)",
+        description=(
+            "Run uncached generations of the model WANSERVE_MODEL names (unset: the shipped shapes model) in "
+            "this one process (no Ulysses, no CFG parallelism), and write MagCache's ratio curves and "
+            "TeaCache's polynomial into the model folder's cache_calibration.json. Every step count runs "
+            "every prompt with every seed, at the model's default size and frames unless given."
+        ),
+    )
+    calibrate.add_argument(
+        "--steps",
+        type=_positive,
+        nargs="+",
+        help="step counts to calibrate, one MagCache curve each (default: the model's default steps and 50)",
+    )
+    calibrate.add_argument("--prompts", type=_positive, default=4, help="prompts per step count (default 4)")
+    calibrate.add_argument("--seeds", type=_positive, default=2, help="seeds per prompt (default 2)")
+    calibrate.add_argument("--size", help="WxH (default: the model's)")
+    calibrate.add_argument("--num-frames", type=int, help="4k+1 frames (default: the model's)")
+    calibrate.set_defaults(run=_cache_calibrate)
     return parser
 
 
@@ -210,6 +234,64 @@ def _generate(args: argparse.Namespace) -> None:
     write_mp4(to_uint8(result.frames), args.output, params.fps)
     print(f"wrote {args.output}: {params.size}, {params.num_frames} frames, seed {params.seed}")
     print(f"stage durations: {result.timings}")
+
+
+def _cache_calibrate(args: argparse.Namespace) -> None:
+    from service.core.cache_calibration import calibration_from_json, write_calibration
+    from service.core.errors import InvalidRequest
+    from service.core.model_profile import profile_for_folder
+    from worker.serve import model_folder
+
+    folder = model_folder(args.settings)
+    if not os.access(folder, os.W_OK):  # before minutes of loading and generating
+        raise SystemExit(
+            f"wanserve cache-calibrate: {folder} is not writable: copy the model folder somewhere writable "
+            "and point WANSERVE_MODEL at the copy"
+        )
+    from worker.cache.calibration import calibrate, calibration_prompts, calibration_runs
+    from worker.serve import load_engine
+
+    profile = profile_for_folder(folder)  # its own name, not WANSERVE_MODEL_NAME: it picks the prompts
+    steps = args.steps or sorted({profile.default_steps, 50})
+    options = [f"--steps {' '.join(map(str, steps))}", f"--prompts {args.prompts}", f"--seeds {args.seeds}"]
+    options += [f"--size {args.size}"] if args.size else []
+    options += [f"--num-frames {args.num_frames}"] if args.num_frames else []
+    started = time.perf_counter()
+    try:
+        prompts, seeds = calibration_prompts(profile.name, args.prompts), range(args.seeds)
+        given = {"size": args.size, "num_frames": args.num_frames}
+        calibration_runs(profile, steps=steps, prompts=prompts, seeds=seeds, **given)  # before weights load
+        print(f"calibrating {profile.name} in {folder}: {' '.join(options)}", flush=True)
+        data = calibrate(
+            load_engine(args.settings),
+            steps=steps,
+            prompts=prompts,
+            seeds=seeds,
+            **given,
+            source=f"wanserve cache-calibrate {' '.join(options)}",
+        )
+    except InvalidRequest as exc:
+        raise SystemExit(f"wanserve cache-calibrate: {exc.message}") from None
+    except ValueError as exc:
+        raise SystemExit(f"wanserve cache-calibrate: {exc}") from None
+    try:
+        path = write_calibration(folder, data)
+    except OSError as exc:
+        raise SystemExit(f"wanserve cache-calibrate: cannot write into {folder}: {exc}") from None
+    calibration = calibration_from_json(data)
+    for curve in calibration.magcache:
+        for branch, ratios in (("cond", curve.cond), ("uncond", curve.uncond)):
+            print(
+                f"magcache {curve.steps} steps, {branch}: steps 1-3 {list(ratios[1:4])}, "
+                f"min {min(ratios):.5f}, max {max(ratios):.5f}, last 3 {list(ratios[-3:])}"
+            )
+    if calibration.teacache is not None:
+        fit = calibration.teacache
+        print(
+            f"teacache ({fit.signal}): coefficients [{', '.join(f'{c:.6g}' for c in fit.coefficients)}], "
+            f"x range [{fit.x_range[0]:.5f}, {fit.x_range[1]:.5f}] over {fit.samples} samples"
+        )
+    print(f"took {time.perf_counter() - started:.1f} s; wrote {path}")
 
 
 if __name__ == "__main__":

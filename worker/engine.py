@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from service.core.cache import CacheConfig, cache_report
+from service.core.cache_calibration import Calibration
 from service.core.errors import GenerationCancelled
 from service.core.lifecycle import Stage
-from service.core.model_profile import ModelProfile, profile_for_folder
+from service.core.model_profile import ModelProfile, calibration_for_folder, profile_for_folder
 from service.core.schemas import GenerationParams
 from worker import device as devices
 from worker.errors import GenerationAborted
@@ -155,12 +156,15 @@ class WanEngine:
         dtype: torch.dtype,
         profile: ModelProfile,
         parallel: ParallelRuntime | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.pipe = pipe
         self.device = device
         self.dtype = dtype
         self.profile = profile
         self.parallel = parallel
+        self.calibration = calibration or Calibration()
+        """The model's cache calibration: MagCache's curves, TeaCache's polynomial."""
 
     @classmethod
     def load(
@@ -189,7 +193,7 @@ class WanEngine:
         _install_cache(pipe.transformer, parallel)  # before enable_parallelism: inside the split
         if parallel is not None and parallel.layout.ulysses > 1:
             enable_ulysses(pipe.transformer, parallel)
-        engine = cls(pipe, target, torch_dtype, profile, parallel)
+        engine = cls(pipe, target, torch_dtype, profile, parallel, calibration_for_folder(folder))
         log.info(
             "model %s loaded from %s on %s (%s) in %.1f s",
             profile.name,
@@ -336,7 +340,7 @@ class WanEngine:
             generator,
         )
         timesteps = scheduler.timesteps
-        set_block_cache(transformer, cache_config, num_steps=len(timesteps))
+        set_block_cache(transformer, cache_config, num_steps=len(timesteps), calibration=self.calibration)
         try:
             for i, t in enumerate(timesteps):
                 self._take_verdict(callbacks, i, len(timesteps))
@@ -405,13 +409,15 @@ class WanEngine:
 
 def _install_cache(transformer: Any, parallel: ParallelRuntime | None) -> None:
     """Install the per-request feature cache (off until a request sets it); the adaptive cache's
-    decision is all-reduced over the Ulysses group."""
+    decision is all-reduced over the Ulysses group, EasyCache's broadcast over the CFG pair."""
     from worker.cache import install_block_cache
 
-    group = None
+    group = cfg_group = None
     if parallel is not None and parallel.layout.ulysses > 1:
         group = parallel.mesh.get_group("ulysses")
-    install_block_cache(transformer, process_group=group)
+    if parallel is not None and parallel.layout.cfg > 1:
+        cfg_group = parallel.mesh.get_group("cfg")
+    install_block_cache(transformer, process_group=group, cfg_group=cfg_group)
 
 
 @contextmanager

@@ -10,9 +10,13 @@ Accepted values:
 - a DiTCache preset, ``"balanced"`` or ``"fast"``: a schedule stated for 50 steps and 30 layers, scaled to
   the request's steps and the model's layer count (:func:`dit_cache_preset`).
 - ``"adaptive"``: the adaptive cache with its defaults (:class:`AdaptiveCacheConfig`).
+- ``"magcache"``, ``"teacache"``, ``"easycache"``: a step-level cache with its defaults (every block of a
+  step skipped at once: :class:`MagCacheConfig`, :class:`TeaCacheConfig`, :class:`EasyCacheConfig`).
+  MagCache and TeaCache need the model's calibration (``cache_calibration.json``, written by
+  ``wanserve cache-calibrate``; Wan2.1 1.3B and 14B ship published data): without it, a 400.
 - an object, or its JSON text (a multipart form field): the five :class:`DiTCacheConfig` fields (``method``
-  ``"dit"`` optional), ``{"method": "adaptive", ...}`` with any of the adaptive fields, or
-  ``{"method": "none"}``.
+  ``"dit"`` optional), ``{"method": "adaptive" | "magcache" | "teacache" | "easycache", ...}`` with any of
+  that method's fields, or ``{"method": "none"}``.
 
 Block ranges must fit the model's layer count; a profile without one (registered by an older worker) skips
 that check, and its presets are sized by the worker (:meth:`CacheSpec.sized`).
@@ -27,7 +31,7 @@ from typing import Any, Literal
 
 from service.core.errors import InvalidRequest
 
-CacheMethod = Literal["none", "dit", "adaptive"]
+CacheMethod = Literal["none", "dit", "adaptive", "magcache", "teacache", "easycache"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,87 @@ class AdaptiveCacheConfig:
         return asdict(self)
 
 
-CacheConfig = DiTCacheConfig | AdaptiveCacheConfig
+@dataclass(frozen=True)
+class MagCacheConfig:
+    """MagCache (Ma et al., 2025): every block of a step is skipped, and the last computed step's block-stack
+    residual added instead, while the error accumulated from the model's calibrated magnitude ratios stays
+    small. The schedule follows from the step and the calibration alone: every rank and both CFG branches
+    decide alike (the conditional branch's curve serves both).
+
+    Attributes:
+        threshold: Skip while the accumulated ``|1 - product of ratios|`` since the last computed step is
+            below this; > 0.
+        max_skip_steps: At most this many steps in a row are skipped; >= 1.
+        retention_ratio: The first ``round(ratio x steps)`` steps always compute; in [0, 1).
+    """
+
+    threshold: float = 0.12
+    max_skip_steps: int = 2
+    retention_ratio: float = 0.2
+
+    def block_range(self, num_layers: int) -> tuple[int, int]:
+        return 0, num_layers
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TeaCacheConfig:
+    """TeaCache (Liu et al., 2025): every block of a step is skipped while the accumulated change of the
+    timestep embedding, rescaled by the model's fitted polynomial, stays small. The embedding depends on
+    the step alone: every rank and both CFG branches decide alike.
+
+    Attributes:
+        threshold: Skip while the accumulated rescaled change since the last computed step is below this;
+            > 0.
+        warmup_ratio: The first ``round(ratio x steps)`` steps always compute; in [0, 1).
+    """
+
+    threshold: float = 0.1
+    warmup_ratio: float = 0.1
+
+    def block_range(self, num_layers: int) -> tuple[int, int]:
+        return 0, num_layers
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EasyCacheConfig:
+    """EasyCache (Zhou et al., 2025; no calibration): the whole transformer is skipped, and its last
+    computed output-minus-input added to the input, while the output change estimated from the input's
+    change and the transformation rate measured between the last computed steps stays small. The
+    conditional branch decides for both branches of a step (under CFG parallel, its rank tells the other).
+
+    Attributes:
+        threshold: Skip while the accumulated estimate of the output's relative change is below this; > 0.
+        warmup_ratio: The first ``round(ratio x steps)`` steps always compute (and the last step); in [0, 1).
+    """
+
+    threshold: float = 0.07
+    """The paper's code uses 0.05; on our model 0.07 is x2.2 at 38 dB at 50 steps (docs/BENCHMARKS.md)."""
+    warmup_ratio: float = 0.2
+
+    def block_range(self, num_layers: int) -> tuple[int, int]:
+        return 0, num_layers
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+StepCacheConfig = MagCacheConfig | TeaCacheConfig | EasyCacheConfig
+"""The caches that skip every block of a step at once, decided once per step for both CFG branches."""
+CacheConfig = DiTCacheConfig | AdaptiveCacheConfig | StepCacheConfig
+STEP_CACHES: dict[str, type[StepCacheConfig]] = {
+    "magcache": MagCacheConfig,
+    "teacache": TeaCacheConfig,
+    "easycache": EasyCacheConfig,
+}
+CALIBRATED = ("magcache", "teacache")
+"""The methods that need the model's calibration."""
+MAX_STEP_THRESHOLD = 10.0
 
 MAX_ADAPTIVE_THRESHOLD = 10.0
 _MAX_CACHE_INT = 10_000
@@ -124,19 +208,24 @@ DIT_CACHE_PRESETS: dict[str, DiTCacheConfig] = {
 """Named DiTCache schedules at the reference size, 50 steps and 30 layers; :func:`dit_cache_preset` scales
 them to a request."""
 
-CACHE_CHOICES = ("none", *DIT_CACHE_PRESETS, "adaptive")
+CACHE_CHOICES = ("none", *DIT_CACHE_PRESETS, "adaptive", *STEP_CACHES)
 CACHE_HELP = (
     f"must be one of {', '.join(repr(name) for name in CACHE_CHOICES)}, or an object: "
-    "DiTCache {step_start, step_end, step_interval, block_start, block_end} or "
-    '{"method": "adaptive", threshold, warmup_steps, final_steps, max_consecutive_skips}'
+    "DiTCache {step_start, step_end, step_interval, block_start, block_end}, "
+    '{"method": "adaptive", threshold, warmup_steps, final_steps, max_consecutive_skips}, '
+    '{"method": "magcache", threshold, max_skip_steps, retention_ratio}, '
+    '{"method": "teacache" | "easycache", threshold, warmup_ratio}'
 )
 """What an invalid ``cache`` is told it should be."""
 _PRESET_NAMES = ", ".join(repr(name) for name in DIT_CACHE_PRESETS)
 CACHE_DESCRIPTION = (
-    f"Feature cache: 'none' (default), a DiTCache preset ({_PRESET_NAMES}), 'adaptive', or an object (a JSON "
-    "string of one in a form): {step_start, step_end, step_interval, block_start, block_end} for DiTCache, "
+    f"Feature cache: 'none' (default), a DiTCache preset ({_PRESET_NAMES}), 'adaptive', 'magcache', "
+    "'teacache', 'easycache', or an object (a JSON string of one in a form): {step_start, step_end, "
+    "step_interval, block_start, block_end} for DiTCache, "
     f'{{"method": "adaptive", "threshold": {AdaptiveCacheConfig().threshold:g}, ...}} for the adaptive '
-    "cache. Block ranges must fit the model's transformer blocks."
+    'cache, {"method": "magcache" | "teacache" | "easycache", "threshold": ...} for a step-level cache. '
+    "Block ranges must fit the model's transformer blocks; MagCache and TeaCache need the model's "
+    "calibration."
 )
 """The field's description in the OpenAPI schema."""
 
@@ -176,7 +265,7 @@ class CacheSpec:
     """A request's ``cache``, resolved: ``GenerationParams.cache``.
 
     Attributes:
-        method: ``"none"``, ``"dit"`` or ``"adaptive"``.
+        method: ``"none"``, ``"dit"``, ``"adaptive"``, ``"magcache"``, ``"teacache"`` or ``"easycache"``.
         preset: The DiTCache preset asked for by name, else None.
         config: What the hooks run; None without a cache, or for a preset not sized yet (the API did not
             know the model's layer count: see :meth:`sized`).
@@ -208,11 +297,13 @@ class CacheSpec:
         is read was resolved at create."""
         method = data.get("method", "none")
         preset = data.get("preset")
-        assert method in ("none", "dit", "adaptive"), f"not a resolved cache: {dict(data)!r}"
+        assert method in ("none", "dit", "adaptive", *STEP_CACHES), f"not a resolved cache: {dict(data)!r}"
         config_fields = {key: value for key, value in data.items() if key not in ("method", "preset")}
         config: CacheConfig | None = None
         if method == "adaptive":
             config = AdaptiveCacheConfig(**config_fields)
+        elif method in STEP_CACHES:
+            config = STEP_CACHES[method](**config_fields)
         elif method == "dit" and config_fields:
             config = DiTCacheConfig(**config_fields)
         return cls(method=method, preset=preset, config=config)
@@ -227,6 +318,7 @@ def resolve_cache(
     *,
     num_steps: int | None = None,
     num_layers: int | None = None,
+    calibrations: tuple[str, ...] | None = None,
 ) -> CacheSpec:
     """The ``cache`` field of a request, resolved.
 
@@ -235,11 +327,20 @@ def resolve_cache(
         num_steps: The request's resolved denoising steps (presets scale to them).
         num_layers: The model's transformer blocks (``ModelProfile.num_layers``). When known, presets are
             sized and block ranges checked against it; None (a profile from an older worker) skips both.
+        calibrations: The methods the model is calibrated for (``ModelProfile.cache_calibrations``); None
+            skips the check.
 
     Raises:
         InvalidRequest: naming ``cache``.
     """
     spec = _parse(value)
+    if calibrations is not None and spec.method in CALIBRATED and spec.method not in calibrations:
+        raise _cache_error(
+            f"this model has no {spec.method} calibration; its operator can make one with "
+            "`wanserve cache-calibrate` (WANSERVE_MODEL set to the model's folder), or ask for 'easycache', "
+            "which needs none",
+            code="cache_not_calibrated",
+        )
     if num_layers is None:
         return spec
     if num_steps is not None:
@@ -253,7 +354,7 @@ def cache_report(spec: CacheSpec, counts: Mapping[str, int] | None = None) -> di
     """The ``cache`` of the public video object, the same shape for every method::
 
         {
-            "method": "none" | "dit" | "adaptive",
+            "method": "none" | "dit" | "adaptive" | "magcache" | "teacache" | "easycache",
             "preset": str | None,                      # the DiTCache preset named in the request
             "config": {...} | None,                    # the config's fields (a preset's sized to the model);
                                                        # None without a cache or before a preset is sized
@@ -261,6 +362,7 @@ def cache_report(spec: CacheSpec, counts: Mapping[str, int] | None = None) -> di
             "blocks_skipped": int | None,              # None until the worker reports
             "passes": int | None,                      # transformer forwards (one per branch and step)
             "passes_skipped": int | None,              # forwards that skipped the cached block range
+            "steps_skipped": {"cond": int, "uncond": int} | None,  # the same, per CFG branch
         }
 
     Args:
@@ -272,6 +374,10 @@ def cache_report(spec: CacheSpec, counts: Mapping[str, int] | None = None) -> di
         "preset": spec.preset,
         "config": spec.config.to_json() if spec.config is not None else None,
         **{name: None if counts is None else counts[name] for name in _COUNTS},
+        # Reports of workers from before the per-branch counts have none.
+        "steps_skipped": None
+        if counts is None or "cond_steps_skipped" not in counts
+        else {branch: counts[f"{branch}_steps_skipped"] for branch in ("cond", "uncond")},
     }
 
 
@@ -292,6 +398,8 @@ def _parse(value: str | Mapping[str, Any] | None) -> CacheSpec:
             return CacheSpec(method="dit", preset=text)
         elif text == "adaptive":
             return CacheSpec(method="adaptive", config=AdaptiveCacheConfig())
+        elif text in STEP_CACHES:
+            return CacheSpec(method=text, config=STEP_CACHES[text]())  # type: ignore[arg-type]
         else:
             raise _cache_error(f"unknown cache {_short(value)!r}; it {CACHE_HELP}", code="unknown_cache")
     if not isinstance(value, Mapping):
@@ -304,7 +412,12 @@ def _parse(value: str | Mapping[str, Any] | None) -> CacheSpec:
         return CacheSpec(method="dit", config=_dit_config(value))
     if method == "adaptive":
         return CacheSpec(method="adaptive", config=_adaptive_config(value))
-    raise _cache_error(f"unknown method {_short(method)!r}; choose 'dit', 'adaptive' or 'none'")
+    if isinstance(method, str) and method in STEP_CACHES:
+        return CacheSpec(method=method, config=_step_config(STEP_CACHES[method], value))  # type: ignore[arg-type]
+    raise _cache_error(
+        f"unknown method {_short(method)!r}; choose 'dit', 'adaptive', 'magcache', 'teacache', 'easycache' "
+        "or 'none'"
+    )
 
 
 def _dit_config(value: Mapping[str, Any]) -> DiTCacheConfig:
@@ -348,7 +461,43 @@ def _adaptive_config(value: Mapping[str, Any]) -> AdaptiveCacheConfig:
     return AdaptiveCacheConfig(threshold=float(threshold), **counts)
 
 
+def _step_config(kind: type[StepCacheConfig], value: Mapping[str, Any]) -> StepCacheConfig:
+    names = tuple(field.name for field in fields(kind))
+    _check_keys(value, names)
+    given = {**kind().to_json(), **{k: v for k, v in value.items() if k != "method"}}
+    _check_number(given["threshold"], "threshold", above=0.0, at_most=MAX_STEP_THRESHOLD)
+    for name in ("retention_ratio", "warmup_ratio"):
+        if name in given:
+            _check_number(given[name], name, at_least=0.0, below=1.0)
+    if "max_skip_steps" in given:
+        given["max_skip_steps"] = _cache_int(given, "max_skip_steps")
+        if given["max_skip_steps"] < 1:
+            raise _cache_error("max_skip_steps must be >= 1")
+    return kind(**{name: given[name] for name in names})
+
+
+def _check_number(
+    value: Any,
+    name: str,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+    at_most: float | None = None,
+) -> None:
+    """A finite number in the given bounds (the comparisons reject NaN and infinities too)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
+    ok = ok and (below is None or value < below) and (at_most is None or value <= at_most)
+    if not ok:
+        low = f"> {above:g}" if above is not None else f">= {at_least:g}"
+        high = f"< {below:g}" if below is not None else f"<= {at_most:g}"
+        raise _cache_error(f"{name} must be a number {low} and {high}")
+
+
 def _check_fits(config: CacheConfig, num_layers: int) -> None:
+    if isinstance(config, StepCacheConfig):
+        return
     if isinstance(config, AdaptiveCacheConfig):
         if num_layers < 2:
             raise _cache_error(

@@ -2,7 +2,9 @@
 
 The API validates requests against this profile, so a bad size is a 400 at the edge rather than a
 failed job. Sources, first match wins: ``wanserve.json`` in the model folder (our tiny models carry
-one), a known Wan2.1 transformer config (1.3B, 14B), else Wan2.1's 480p sizes.
+one), a known Wan2.1 transformer config (1.3B, 14B), else Wan2.1's 480p sizes. Which step-level caches the
+model is calibrated for comes from its folder's ``cache_calibration.json``, else from the published data of
+the known Wan2.1 transformers (:mod:`service.core.cache_calibration`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from service.core.cache_calibration import Calibration, load_calibration
 
 PROFILE_FILE = "wanserve.json"
 TINY_MODEL_NAME = "wan2.1-tiny-random"
@@ -35,6 +39,9 @@ class ModelProfile:
     profile registered by an older worker: then the worker sizes presets and ranges are not checked."""
     max_sequence_length: int = 512
     """Text tokens the prompt is padded (or cut) to, as the model was trained: Wan2.1 512."""
+    cache_calibrations: tuple[str, ...] = ()
+    """The step-level caches calibrated for this model (``"magcache"``, ``"teacache"``): read from the
+    model folder's calibration file, or the published data of a known Wan2.1 transformer."""
     notes: str = field(default="", compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -44,6 +51,7 @@ class ModelProfile:
     def from_json(cls, data: dict[str, Any]) -> ModelProfile:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known["sizes"] = tuple(known.get("sizes", ()))
+        known["cache_calibrations"] = tuple(known.get("cache_calibrations", ()))
         return cls(**known)
 
 
@@ -59,6 +67,11 @@ TINY_PROFILE = ModelProfile(
     notes="Random weights: produces noise-like video. Set WANSERVE_MODEL to a real Wan2.1 folder.",
 )
 
+# The shapes model ships inside the worker package (worker/tiny_model.py's SHAPES_MODEL_DIR, beside this
+# package in a checkout and in site-packages alike). service.core may not import worker, so its calibration
+# file is read by path: the profile the API uses with WANSERVE_MODEL unset then says what the worker's says.
+SHIPPED_SHAPES_FOLDER = Path(__file__).resolve().parents[2] / "worker" / "models" / SHAPES_MODEL_NAME
+
 SHAPES_PROFILE = ModelProfile(
     name=SHAPES_MODEL_NAME,
     sizes=("64x64",),
@@ -70,6 +83,7 @@ SHAPES_PROFILE = ModelProfile(
     num_attention_heads=4,
     num_layers=6,
     max_sequence_length=32,
+    cache_calibrations=load_calibration(SHIPPED_SHAPES_FOLDER).methods,
     notes=(
         "Trained here on synthetic clips: 'a {red|green|blue|yellow|white} {square|circle|triangle} moving "
         "{left|right|up|down}' on a dark background. See worker/models/wan2.1-tiny-shapes/README.md."
@@ -89,26 +103,46 @@ _KNOWN_TRANSFORMERS: dict[tuple[int, int, int], tuple[str, tuple[str, ...]]] = {
 def profile_for_folder(folder: Path, name: str | None = None) -> ModelProfile:
     """Read the profile of a diffusers-format Wan2.1 folder (``transformer/config.json``).
 
-    The layer count always comes from the transformer's config, also when ``wanserve.json`` gives the rest.
+    The layer count always comes from the transformer's config, also when ``wanserve.json`` gives the rest;
+    the calibrated caches always from the calibration file (or the published data).
     """
     explicit = folder / PROFILE_FILE
     config_path = folder / "transformer" / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else None
+    known = _known_transformer(config) if config is not None else None
+    calibrated = calibration_for_folder(folder).methods
     if explicit.is_file():
         profile = ModelProfile.from_json(json.loads(explicit.read_text()))
         if config is not None:
             profile = replace(profile, num_layers=int(config["num_layers"]))
-        return _renamed(profile, name)
+        return _renamed(replace(profile, cache_calibrations=calibrated), name)
     if config is None:
         raise FileNotFoundError(f"{folder} is not a diffusers Wan2.1 folder: {config_path} is missing")
     heads, layers = int(config["num_attention_heads"]), int(config["num_layers"])
-    known_name, sizes = _KNOWN_TRANSFORMERS.get(
-        (layers, heads, int(config["attention_head_dim"])), (folder.name, _WAN_480P)
-    )
+    known_name, sizes = known or (folder.name, _WAN_480P)
     profile = ModelProfile(
-        name=known_name, sizes=sizes, default_size=sizes[0], num_attention_heads=heads, num_layers=layers
+        name=known_name,
+        sizes=sizes,
+        default_size=sizes[0],
+        num_attention_heads=heads,
+        num_layers=layers,
+        cache_calibrations=calibrated,
     )
     return _renamed(profile, name)
+
+
+def calibration_for_folder(folder: Path) -> Calibration:
+    """The model's cache calibration: its folder's file, else the published data of a known Wan2.1
+    transformer (whatever name it is served under), else none."""
+    config_path = folder / "transformer" / "config.json"
+    known = _known_transformer(json.loads(config_path.read_text())) if config_path.is_file() else None
+    return load_calibration(folder, published=known[0] if known else None)
+
+
+def _known_transformer(config: dict[str, Any]) -> tuple[str, tuple[str, ...]] | None:
+    """(name, sizes) of a released Wan2.1 text-to-video transformer, from its config; None for another."""
+    key = (int(config["num_layers"]), int(config["num_attention_heads"]), int(config["attention_head_dim"]))
+    return _KNOWN_TRANSFORMERS.get(key)
 
 
 def _renamed(profile: ModelProfile, name: str | None) -> ModelProfile:

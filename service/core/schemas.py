@@ -188,7 +188,12 @@ def resolve_params(
             request.guidance_scale if request.guidance_scale is not None else profile.default_guidance_scale
         ),
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
-        cache=resolve_cache(request.cache, num_steps=steps, num_layers=profile.num_layers),
+        cache=resolve_cache(
+            request.cache,
+            num_steps=steps,
+            num_layers=profile.num_layers,
+            calibrations=profile.cache_calibrations,
+        ),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +20,18 @@ import numpy as np
 import pytest
 
 from service.core.cache import resolve_cache
+from service.core.cache_calibration import write_calibration
 from service.core.model_profile import TINY_PROFILE
 from tests.params import PARAMS
 from worker.cache import block_cache_stats, block_cache_trace
+from worker.engine import WanEngine
 
 pytestmark = pytest.mark.slow
 
 RUNNER = Path(__file__).with_name("run_requests.py")
 STEPS = 8
 THRESHOLD = 0.065
+EASY_THRESHOLD = 0.2
 REQUESTED: list[Any] = [
     "none",
     # block_start 0: the cached range starts at the block whose input context parallelism splits.
@@ -35,9 +39,22 @@ REQUESTED: list[Any] = [
     {"method": "adaptive", "threshold": THRESHOLD, "max_consecutive_skips": 2},
     "balanced",
     "none",
+    # The step-level caches: MagCache and TeaCache decide from the step alone (a calibration written for
+    # this test), EasyCache from the latents, which every rank holds whole.
+    {"method": "magcache", "threshold": 0.1, "max_skip_steps": 2, "retention_ratio": 0.25},
+    {"method": "teacache", "threshold": 0.5, "warmup_ratio": 0.25},
+    {"method": "easycache", "threshold": EASY_THRESHOLD, "warmup_ratio": 0.25},
 ]
 # Resolved as the API resolves them for the tiny model.
 CACHES = [resolve_cache(cache, num_steps=STEPS, num_layers=TINY_PROFILE.num_layers) for cache in REQUESTED]
+CALIBRATION = {
+    "magcache": [
+        {"steps": STEPS, "cond": [1.0] + [0.98] * (STEPS - 1), "uncond": [1.0] + [0.98] * (STEPS - 1)}
+    ],
+    # f(x) = x: the accumulated change is the raw change of the timestep embedding.
+    "teacache": {"coefficients": [0.0, 0.0, 0.0, 1.0, 0.0], "x_range": [0.0, 10.0]},
+    "source": "tests/distributed/test_cache_ulysses.py",
+}
 
 
 @dataclasses.dataclass
@@ -53,7 +70,17 @@ def decisions(trace: list[dict[str, Any]]) -> list[tuple[str, int, bool]]:
 
 
 @pytest.fixture(scope="module")
-def one_process(engine) -> list[Run]:  # type: ignore[no-untyped-def]
+def calibrated_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a calibration for MagCache and TeaCache."""
+    folder = tmp_path_factory.mktemp("calibrated") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    write_calibration(folder, CALIBRATION)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_process(calibrated_model: Path) -> list[Run]:
+    engine = WanEngine.load(calibrated_model)
     runs = []
     for cache in CACHES:
         result = engine.generate(dataclasses.replace(PARAMS, num_inference_steps=STEPS, cache=cache))
@@ -67,6 +94,15 @@ def one_process(engine) -> list[Run]:  # type: ignore[no-untyped-def]
     skipped = [entry["skipped"] for entry in adaptive.trace if "change" in entry]
     assert any(skipped) and not all(skipped), "the threshold should both skip and compute"
     assert runs[1].local["passes_skipped"] > 0 and runs[3].local["passes_skipped"] > 0
+    easy = runs[-1]
+    estimates = [entry["change"] for entry in easy.trace if "change" in entry]
+    assert min(abs(estimate - EASY_THRESHOLD) for estimate in estimates) > 1e-3, estimates
+    for run in runs[-3:]:
+        skipped = [entry["skipped"] for entry in run.trace]
+        assert any(skipped) and not all(skipped), run.cache
+        # One decision per step for both branches.
+        by_step = {(e["step"], e["branch"]): e["skipped"] for e in run.trace}
+        assert all(by_step[(step, "cond")] == by_step[(step, "uncond")] for step in range(STEPS))
     return runs
 
 
@@ -97,9 +133,9 @@ def torchrun(nproc: int, *args: str, model: Path, out: Path) -> list[list[dict[s
 
 
 def test_ulysses_ranks_take_the_same_decisions_and_match_one_process(
-    one_process: list[Run], tiny_model_dir: Path, tmp_path: Path
+    one_process: list[Run], calibrated_model: Path, tmp_path: Path
 ) -> None:
-    reports = torchrun(2, "--ulysses", "2", model=tiny_model_dir, out=tmp_path)
+    reports = torchrun(2, "--ulysses", "2", model=calibrated_model, out=tmp_path)
     for index, (reference, ranks) in enumerate(zip(one_process, reports, strict=True)):
         name = f"request {index}: {REQUESTED[index]}"
         frames = np.load(tmp_path / f"frames_{index}.npy")
@@ -123,9 +159,9 @@ def test_ulysses_ranks_take_the_same_decisions_and_match_one_process(
 
 
 def test_cfg_halves_run_their_own_branch_and_the_leader_reports_both(
-    one_process: list[Run], tiny_model_dir: Path, tmp_path: Path
+    one_process: list[Run], calibrated_model: Path, tmp_path: Path
 ) -> None:
-    reports = torchrun(2, "--cfg", "2", model=tiny_model_dir, out=tmp_path)
+    reports = torchrun(2, "--cfg", "2", model=calibrated_model, out=tmp_path)
     for index, (reference, ranks) in enumerate(zip(one_process, reports, strict=True)):
         name = f"request {index}: {REQUESTED[index]}"
         assert np.abs(np.load(tmp_path / f"frames_{index}.npy") - reference.frames).max() <= 1e-4, name

@@ -106,3 +106,44 @@ def test_a_profile_without_a_layer_count_skips_the_range_check(
     preset = client.post("/v1/videos", json={"prompt": "a red fox", "cache": "fast"})
     assert preset.status_code == 200, preset.text
     assert (preset.json()["cache"]["preset"], preset.json()["cache"]["config"]) == ("fast", None)
+
+
+@pytest.mark.parametrize("method", ["magcache", "teacache"])
+def test_a_calibrated_method_on_a_model_without_calibration_is_a_400_that_says_how(
+    client: TestClient, redis: Redis, method: str
+) -> None:
+    for cache in (method, {"method": method, "threshold": 0.2}):
+        response = client.post("/v1/videos", json={"prompt": "a red fox", "cache": cache})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == ("cache", "cache_not_calibrated")
+        assert "wanserve cache-calibrate" in error["message"] and "easycache" in error["message"]
+    assert not redis.keys(redis_keys.video_key("*")), "nothing was queued"
+
+
+@pytest.mark.parametrize(
+    "cache",
+    [
+        {"method": "easycache", "threshold": 0},
+        {"method": "easycache", "threshold": float("nan")},
+        {"method": "easycache", "warmup_ratio": 1.0},
+        {"method": "easycache", "retention_ratio": 0.2},
+        {"method": "magcache", "max_skip_steps": 0},
+        {"method": "teacache", "threshold": True},
+    ],
+)
+def test_bad_step_cache_fields_are_a_400(client: TestClient, cache: dict[str, object]) -> None:
+    body = json.dumps({"prompt": "a red fox", "cache": cache}, allow_nan=True)
+    response = client.post("/v1/videos", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "cache"
+
+
+def test_easycache_needs_no_calibration(client: TestClient) -> None:
+    response = client.post("/v1/videos", data={**FORM, "cache": "easycache"})
+    assert response.status_code == 200, response.text
+    cache = response.json()["cache"]
+    assert (cache["method"], cache["config"]) == ("easycache", {"threshold": 0.07, "warmup_ratio": 0.2})
+    custom = {"method": "easycache", "threshold": 0.1, "warmup_ratio": 0.3}
+    response = client.post("/v1/videos", json={"prompt": "a red fox", "cache": custom})
+    assert response.json()["cache"]["config"] == {"threshold": 0.1, "warmup_ratio": 0.3}

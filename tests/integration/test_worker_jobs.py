@@ -93,8 +93,9 @@ def test_a_job_completes_with_files_timings_and_progress(client, settings, engin
     assert registered is not None and b"64x64" in registered
 
 
-def test_the_video_reports_the_cache_it_ran_with(client, settings, engine, redis) -> None:
-    video_id = submit(client, num_inference_steps=8, cache="fast")
+@pytest.mark.parametrize("cache", ["fast", {"method": "easycache", "threshold": 1.0}])
+def test_the_video_reports_the_cache_it_ran_with(client, settings, engine, redis, cache) -> None:
+    video_id = submit(client, num_inference_steps=8, cache=cache)
     run_worker_until_idle(settings, engine, redis)
     response = client.get(f"/v1/videos/{video_id}")
     assert response.status_code == 200, response.text
@@ -102,6 +103,7 @@ def test_the_video_reports_the_cache_it_ran_with(client, settings, engine, redis
     assert video["status"] == "completed", video["error"]
     assert video["cache"]["blocks_skipped"] > 0
     assert video["cache"]["blocks_computed"] > 0
+    assert video["cache"]["passes_skipped"] > 0
 
 
 def test_progress_moves_on_every_denoising_step(client, settings, engine, redis) -> None:

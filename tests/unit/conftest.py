@@ -145,3 +145,22 @@ def pipeline_frames(engine: Any) -> np.ndarray:
         if hooked:
             install_block_cache(transformer)
     return frames
+
+
+@pytest.fixture
+def installed() -> Any:
+    """The tiny transformer of ``tests/unit/tiny_transformer.py`` with the block cache installed (off)."""
+    from tests.unit.tiny_transformer import make_transformer
+    from worker.cache import install_block_cache
+
+    model = make_transformer()
+    install_block_cache(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def reference() -> Any:
+    """The same transformer with no hooks: what the cached one is compared with."""
+    from tests.unit.tiny_transformer import make_transformer
+
+    return make_transformer()

@@ -30,18 +30,6 @@ def no_grad() -> Iterator[None]:
         yield
 
 
-@pytest.fixture
-def installed() -> WanTransformer3DModel:
-    model = make_transformer()
-    install_block_cache(model)
-    return model
-
-
-@pytest.fixture(scope="module")
-def reference() -> WanTransformer3DModel:
-    return make_transformer()
-
-
 def residual_of_block0(model: WanTransformer3DModel, step: int) -> torch.Tensor:
     """``out(0) - in(0)`` of an unhooked model at ``step``."""
     _, block_in, block_out = forward_with_range(model, step, (0, 1))
@@ -61,6 +49,8 @@ def test_installed_but_off_is_bit_exact_and_needs_no_cache_context(
         "blocks_skipped": 0,
         "passes": 4,
         "passes_skipped": 0,
+        "cond_steps_skipped": 0,
+        "uncond_steps_skipped": 0,
     }
 
 
@@ -85,6 +75,8 @@ def test_switching_per_request_matches_a_fixed_dit_cache(
         "blocks_skipped": 4,
         "passes": 5,
         "passes_skipped": 2,
+        "cond_steps_skipped": 2,
+        "uncond_steps_skipped": 0,
     }
 
 

@@ -217,14 +217,17 @@ def test_params_carry_the_cache_through_json_and_old_records_default_to_none() -
 
 def test_the_report_has_one_shape_for_every_method() -> None:
     specs = [NO_CACHE, resolve_cache("fast"), resolve_cache("fast", num_steps=8, num_layers=2),
-             resolve_cache("adaptive"), resolve_cache(DIT)]  # fmt: skip
-    counts = {"blocks_computed": 12, "blocks_skipped": 4, "passes": 8, "passes_skipped": 2}
-    keys = {"method", "preset", "config", *counts}
+             resolve_cache("adaptive"), resolve_cache(DIT), resolve_cache("easycache")]  # fmt: skip
+    totals = {"blocks_computed": 12, "blocks_skipped": 4, "passes": 8, "passes_skipped": 2}
+    counts = {**totals, "cond_steps_skipped": 1, "uncond_steps_skipped": 1}
+    keys = {"method", "preset", "config", "steps_skipped", *totals}
     for spec in specs:
         requested, ran = cache_report(spec), cache_report(spec, counts)
         assert set(requested) == set(ran) == keys
-        assert all(requested[key] is None for key in counts)
-        assert {key: ran[key] for key in counts} == counts
+        assert all(requested[key] is None for key in (*totals, "steps_skipped"))
+        assert {key: ran[key] for key in totals} == totals
+        assert ran["steps_skipped"] == {"cond": 1, "uncond": 1}
+        assert cache_report(spec, totals)["steps_skipped"] is None, "an older worker's report"
         assert (ran["method"], ran["preset"]) == (spec.method, spec.preset)
         assert ran["config"] == (None if spec.config is None else spec.config.to_json())
 
@@ -251,6 +254,7 @@ def test_cache_none_is_bit_exact_with_no_cache_hooks(engine, pipeline_frames: np
         "blocks_skipped": 0,
         "passes": passes,
         "passes_skipped": 0,
+        "steps_skipped": {"cond": 0, "uncond": 0},
     }
 
 
