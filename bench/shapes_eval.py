@@ -44,6 +44,8 @@ CACHES: dict[str, Any] = {
     "adaptive": "adaptive",
     "adaptive-0.1": {"method": "adaptive", "threshold": 0.1},
     "adaptive-0.2": {"method": "adaptive", "threshold": 0.2},
+    "adaptive-0.1-together": {"method": "adaptive", "threshold": 0.1, "branches": "together"},
+    "adaptive-0.2-together": {"method": "adaptive", "threshold": 0.2, "branches": "together"},
     "magcache": "magcache",
     "magcache-0.24-k4": {"method": "magcache", "threshold": 0.24, "max_skip_steps": 4},
     "magcache-0.5-k6": {"method": "magcache", "threshold": 0.5, "max_skip_steps": 6},

@@ -88,12 +88,15 @@ class AdaptiveCacheConfig:
         warmup_steps: The first steps of each branch always compute; >= 0.
         final_steps: The last steps always compute (needs the request's step count); >= 0.
         max_consecutive_skips: After this many skips in a row a branch computes; >= 1.
+        branches: ``"separate"``: each CFG branch decides from its own residual; ``"together"``: the
+            conditional branch decides for both (a skipped step saves both passes).
     """
 
     threshold: float = 0.05
     warmup_steps: int = 1
     final_steps: int = 1
     max_consecutive_skips: int = 2
+    branches: Literal["separate", "together"] = "separate"
 
     def forces_compute(self, step: int, num_steps: int | None, consecutive_skips: int) -> bool:
         """Whether ``step`` computes whatever the residual says (warm-up, final steps, too many skips)."""
@@ -212,7 +215,7 @@ CACHE_CHOICES = ("none", *DIT_CACHE_PRESETS, "adaptive", *STEP_CACHES)
 CACHE_HELP = (
     f"must be one of {', '.join(repr(name) for name in CACHE_CHOICES)}, or an object: "
     "DiTCache {step_start, step_end, step_interval, block_start, block_end}, "
-    '{"method": "adaptive", threshold, warmup_steps, final_steps, max_consecutive_skips}, '
+    '{"method": "adaptive", threshold, warmup_steps, final_steps, max_consecutive_skips, branches}, '
     '{"method": "magcache", threshold, max_skip_steps, retention_ratio}, '
     '{"method": "teacache" | "easycache", threshold, warmup_ratio}'
 )
@@ -458,7 +461,10 @@ def _adaptive_config(value: Mapping[str, Any]) -> AdaptiveCacheConfig:
         counts[name] = _cache_int(given, name)
         if counts[name] < least:
             raise _cache_error(f"{name} must be >= {least}")
-    return AdaptiveCacheConfig(threshold=float(threshold), **counts)
+    branches = given["branches"]
+    if branches not in ("separate", "together"):
+        raise _cache_error(f"branches must be 'separate' or 'together', not {_short(branches)!r}")
+    return AdaptiveCacheConfig(threshold=float(threshold), branches=branches, **counts)
 
 
 def _step_config(kind: type[StepCacheConfig], value: Mapping[str, Any]) -> StepCacheConfig:

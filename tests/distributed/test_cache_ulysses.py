@@ -44,6 +44,8 @@ REQUESTED: list[Any] = [
     {"method": "magcache", "threshold": 0.1, "max_skip_steps": 2, "retention_ratio": 0.25},
     {"method": "teacache", "threshold": 0.5, "warmup_ratio": 0.25},
     {"method": "easycache", "threshold": EASY_THRESHOLD, "warmup_ratio": 0.25},
+    # The adaptive cache with the conditional branch deciding for both.
+    {"method": "adaptive", "threshold": THRESHOLD, "max_consecutive_skips": 2, "branches": "together"},
 ]
 # Resolved as the API resolves them for the tiny model.
 CACHES = [resolve_cache(cache, num_steps=STEPS, num_layers=TINY_PROFILE.num_layers) for cache in REQUESTED]
@@ -94,10 +96,10 @@ def one_process(calibrated_model: Path) -> list[Run]:
     skipped = [entry["skipped"] for entry in adaptive.trace if "change" in entry]
     assert any(skipped) and not all(skipped), "the threshold should both skip and compute"
     assert runs[1].local["passes_skipped"] > 0 and runs[3].local["passes_skipped"] > 0
-    easy = runs[-1]
+    easy = runs[-2]
     estimates = [entry["change"] for entry in easy.trace if "change" in entry]
     assert min(abs(estimate - EASY_THRESHOLD) for estimate in estimates) > 1e-3, estimates
-    for run in runs[-3:]:
+    for run in runs[-4:]:
         skipped = [entry["skipped"] for entry in run.trace]
         assert any(skipped) and not all(skipped), run.cache
         # One decision per step for both branches.

@@ -130,6 +130,8 @@ def test_a_calibrated_method_on_a_model_without_calibration_is_a_400_that_says_h
         {"method": "easycache", "retention_ratio": 0.2},
         {"method": "magcache", "max_skip_steps": 0},
         {"method": "teacache", "threshold": True},
+        {"method": "adaptive", "branches": "sideways"},
+        {"method": "adaptive", "branches": ["together"]},
     ],
 )
 def test_bad_step_cache_fields_are_a_400(client: TestClient, cache: dict[str, object]) -> None:

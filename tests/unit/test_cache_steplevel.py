@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
-from service.core.cache import EasyCacheConfig, MagCacheConfig, TeaCacheConfig
+from service.core.cache import AdaptiveCacheConfig, EasyCacheConfig, MagCacheConfig, TeaCacheConfig
 from service.core.cache_calibration import PUBLISHED, Calibration, MagCurve, TeaFit
 from tests.unit.tiny_transformer import BRANCHES, NUM_BLOCKS, forward, inputs
 from worker.cache import block_cache_stats, block_cache_trace, set_block_cache
@@ -173,3 +173,22 @@ def test_the_calibrated_methods_refuse_to_run_without_a_calibration(
         set_block_cache(installed, MagCacheConfig(), num_steps=STEPS, calibration=Calibration())
     with pytest.raises(ValueError, match="cache-calibrate"):
         set_block_cache(installed, TeaCacheConfig(), num_steps=STEPS)
+
+
+@pytest.mark.parametrize("branches", ["separate", "together"])
+def test_the_adaptive_cache_decides_per_branch_or_for_both(
+    installed: WanTransformer3DModel, branches: str
+) -> None:
+    # This model's block-0 residual changes by 0.46-0.61 a step, the unconditional branch's by less.
+    config = AdaptiveCacheConfig(
+        threshold=0.5,
+        final_steps=0,
+        max_consecutive_skips=1,
+        branches=branches,  # type: ignore[arg-type]
+    )
+    set_block_cache(installed, config, num_steps=STEPS)
+    run(installed)
+    skipped = skipped_steps(installed)
+    assert skipped["cond"], "the threshold skips some steps"
+    together = skipped["cond"] == skipped["uncond"]
+    assert together if branches == "together" else not together, skipped

@@ -13,7 +13,8 @@ chosen per request with :func:`set_block_cache`:
   of ``block_end - 1``. The schedule depends only on the step, so every rank skips the same blocks.
 - :class:`~service.core.cache.AdaptiveCacheConfig`: block 0 always runs and decides, from how much
   its residual changed (all-reduced over the Ulysses group), whether blocks ``[1, N)`` run or their
-  cached delta is added.
+  cached delta is added; each branch for itself, or (``branches="together"``) the conditional branch for
+  both, as EasyCache does.
 
 - a step-level config (:data:`~service.core.cache.StepCacheConfig`): every block of a step is skipped at
   once. MagCache decides in this hook from the step and the calibrated ratios; TeaCache in block 0's hook,
@@ -101,6 +102,19 @@ class _Shared:
     """The condition embedder's timestep embedding of the forward under way (TeaCache's signal)."""
     decisions: dict[int, bool] = field(default_factory=dict)
     """EasyCache: each step's decision, taken by the conditional branch (in one process)."""
+
+    def agree(self, step: int, skip: bool, decides: bool) -> bool:
+        """The conditional branch's decision for this step, on every branch: kept for the unconditional
+        forward that follows in this process, or broadcast from the conditional rank of a CFG pair (every
+        rank of the pair calls this at every step)."""
+        if self.cfg_group is not None:
+            flag = torch.tensor([int(skip)], dtype=torch.int32)
+            dist.broadcast(flag, group_src=0, group=self.cfg_group)
+            return bool(flag.item())
+        if decides:
+            self.decisions[step] = skip
+            return skip
+        return self.decisions.get(step, False)
 
     def clear(self) -> None:
         self.stats = {
@@ -220,7 +234,7 @@ class _StepHook(ModelHook):
             skip = wants and ready
             if not skip:
                 state.easy.error = 0.0
-        skip = self._shared_decision(state.step, skip, decides) and ready
+        skip = self.shared.agree(state.step, skip, decides) and ready
         if skip:
             assert state.output_delta is not None
             output = latents + state.output_delta
@@ -235,19 +249,6 @@ class _StepHook(ModelHook):
         state.output_delta = output - latents
         self._count(state, False, plan)
         return result
-
-    def _shared_decision(self, step: int, skip: bool, decides: bool) -> bool:
-        """The conditional branch's decision for this step, on every branch: kept for the unconditional
-        forward that follows in this process, or broadcast from the conditional rank of a CFG pair."""
-        group = self.shared.cfg_group
-        if group is not None:
-            flag = torch.tensor([int(skip)], dtype=torch.int32)
-            dist.broadcast(flag, group_src=0, group=group)
-            return bool(flag.item())
-        if decides:
-            self.shared.decisions[step] = skip
-            return skip
-        return self.shared.decisions.get(step, False)
 
     def _count(self, state: _BranchState, skipped: bool, plan: _Plan) -> None:
         stats = self.shared.stats
@@ -328,6 +329,9 @@ class _BlockHook(ModelHook):
             state.change = relative_change(residual, state.probe_residual, self.shared.group)
             state.skip = state.change[0] < config.threshold
             state.pending = False
+        if config.branches == "together":
+            decides = self.state_manager.context.name != "uncond"
+            state.skip = self.shared.agree(state.step, state.skip, decides) and not state.fresh
         if not state.skip:
             # Compared against the residual of the last compute step, so small changes accumulate.
             state.probe_residual = residual
