@@ -448,14 +448,7 @@ def _adaptive_config(value: Mapping[str, Any]) -> AdaptiveCacheConfig:
     _check_keys(value, _ADAPTIVE_FIELDS)
     given = {**AdaptiveCacheConfig().to_json(), **{k: v for k, v in value.items() if k != "method"}}
     threshold = given["threshold"]
-    # The range check comes first: it also rejects NaN and infinities, and a huge int that
-    # math.isfinite() could not convert to a float.
-    if (
-        not isinstance(threshold, int | float)
-        or isinstance(threshold, bool)
-        or not 0 < threshold <= MAX_ADAPTIVE_THRESHOLD
-    ):
-        raise _cache_error(f"threshold must be a number > 0 and <= {MAX_ADAPTIVE_THRESHOLD:g}")
+    _check_number(threshold, "threshold", above=0.0, at_most=MAX_ADAPTIVE_THRESHOLD)
     counts: dict[str, int] = {}
     for name, least in (("warmup_steps", 0), ("final_steps", 0), ("max_consecutive_skips", 1)):
         counts[name] = _cache_int(given, name)
@@ -472,9 +465,11 @@ def _step_config(kind: type[StepCacheConfig], value: Mapping[str, Any]) -> StepC
     _check_keys(value, names)
     given = {**kind().to_json(), **{k: v for k, v in value.items() if k != "method"}}
     _check_number(given["threshold"], "threshold", above=0.0, at_most=MAX_STEP_THRESHOLD)
+    given["threshold"] = float(given["threshold"])
     for name in ("retention_ratio", "warmup_ratio"):
         if name in given:
             _check_number(given[name], name, at_least=0.0, below=1.0)
+            given[name] = float(given[name])
     if "max_skip_steps" in given:
         given["max_skip_steps"] = _cache_int(given, "max_skip_steps")
         if given["max_skip_steps"] < 1:
@@ -491,7 +486,8 @@ def _check_number(
     below: float | None = None,
     at_most: float | None = None,
 ) -> None:
-    """A finite number in the given bounds (the comparisons reject NaN and infinities too)."""
+    """A number in the given bounds. The range check also rejects NaN and infinities (every comparison
+    with NaN is false), and a huge int that math.isfinite() could not convert to a float."""
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     ok = ok and (above is None or value > above) and (at_least is None or value >= at_least)
     ok = ok and (below is None or value < below) and (at_most is None or value <= at_most)
