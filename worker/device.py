@@ -59,13 +59,6 @@ def collective_backend(device: torch.device) -> str:
     return _BACKENDS[device.type]
 
 
-def use_fused_attention(transformer: Any, device: torch.device) -> None:
-    """The device's own attention kernel where diffusers has one we do not get by default: Ascend's fused
-    attention (``torch_npu.npu_fusion_attention``) on NPUs."""
-    if device.type == "npu":
-        transformer.set_attention_backend("_native_npu")
-
-
 def enable_context_parallel(transformer: Any, config: Any, device: torch.device) -> None:
     """``transformer.enable_parallelism(config=config)``, on a host without an accelerator too.
 

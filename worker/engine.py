@@ -13,6 +13,7 @@ never leaves the loop while the other ranks wait for it in a collective.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -30,9 +31,14 @@ from service.core.errors import GenerationCancelled
 from service.core.lifecycle import Stage
 from service.core.model_profile import ModelProfile, calibration_for_folder, profile_for_folder
 from service.core.schemas import GenerationParams
+from service.core.settings import SettingsError
+from worker import acceleration as accelerations
 from worker import device as devices
+from worker.acceleration import Acceleration
 from worker.errors import GenerationAborted
 from worker.parallel import ParallelLayout, ParallelRuntime, enable_ulysses
+from worker.text_encoding import PromptEncoder
+from worker.vae_decode import VideoDecoder
 
 log = logging.getLogger("wanserve.worker")
 
@@ -157,14 +163,30 @@ class WanEngine:
         profile: ModelProfile,
         parallel: ParallelRuntime | None = None,
         calibration: Calibration | None = None,
+        *,
+        vae_tiling: str = "off",
+        vae_parallel: bool = False,
+        text_encoder_offload: bool = False,
+        acceleration: Acceleration | None = None,
     ) -> None:
         self.pipe = pipe
+        self.acceleration = acceleration or Acceleration()
+        """The attention backend and compile mode the transformer runs with."""
         self.device = device
         self.dtype = dtype
         self.profile = profile
         self.parallel = parallel
         self.calibration = calibration or Calibration()
         """The model's cache calibration: MagCache's curves, TeaCache's polynomial."""
+        self.prompts = PromptEncoder(
+            pipe,
+            device,
+            dtype,
+            profile.max_sequence_length,
+            parallel=parallel,
+            offload=text_encoder_offload,
+        )
+        self.video_decoder = VideoDecoder(pipe.vae, tiling=vae_tiling, parallel=parallel, split=vae_parallel)
 
     @classmethod
     def load(
@@ -175,8 +197,26 @@ class WanEngine:
         dtype: str = "auto",
         model_name: str | None = None,
         parallel: ParallelRuntime | None = None,
+        npu_ops: str = "auto",
+        vae_tiling: str = "off",
+        vae_parallel: bool = False,
+        text_encoder_offload: bool = False,
+        attention_backend: str = "auto",
+        compile: str = "none",
+        compile_backend: str = accelerations.DEFAULT_COMPILE_BACKEND,
     ) -> WanEngine:
+        """Load the model in ``folder`` and make it ready to serve (compiled and warmed up if asked).
+
+        ``attention_backend`` (``auto`` or a diffusers backend) and ``compile`` (``none``, ``blocks``,
+        ``full``) are checked before the weights load; ``compile_backend`` is ``torch.compile``'s backend
+        (tests pass ``aot_eager``).
+
+        Raises:
+            SettingsError: If the attention backend or compile mode cannot serve here (one line).
+        """
         from diffusers import AutoencoderKLWan, WanPipeline
+
+        from worker.npu_ops import apply_npu_ops
 
         started = time.perf_counter()
         profile = profile_for_folder(folder, model_name)
@@ -184,25 +224,89 @@ class WanEngine:
             parallel.layout.check_heads(profile.num_attention_heads)  # before minutes of weight loading
         target = parallel.device if parallel is not None else devices.select_device(device)
         torch_dtype = devices.select_dtype(dtype, target)
+        ulysses = parallel.layout.ulysses if parallel is not None else 1
+        acceleration = Acceleration(
+            accelerations.resolve_attention_backend(
+                attention_backend, target, torch_dtype, head_dim=_head_dim(folder), ulysses=ulysses
+            ),
+            accelerations.check_compile_mode(compile),
+        )
         # The VAE is loaded and decodes in float32, as in Wan2.1's recipe and diffusers' Wan examples:
         # bf16 decoding bands visibly, and loading it in bf16 then casting up would round its weights.
         vae = AutoencoderKLWan.from_pretrained(str(folder), subfolder="vae", dtype=torch.float32)
         pipe = WanPipeline.from_pretrained(str(folder), vae=vae, dtype=torch_dtype).to(target)
+        apply_npu_ops(pipe.transformer, target, npu_ops)  # fused RoPE/RMSNorm/attention on Ascend
         pipe.set_progress_bar_config(disable=True)
-        devices.use_fused_attention(pipe.transformer, target)
+        accelerations.apply_attention_backend(pipe.transformer, acceleration.attention_backend)
+        # Compiled before the cache hooks wrap the blocks, so their decisions stay outside the graphs.
+        accelerations.compile_transformer(pipe.transformer, acceleration.compile, backend=compile_backend)
         _install_cache(pipe.transformer, parallel)  # before enable_parallelism: inside the split
         if parallel is not None and parallel.layout.ulysses > 1:
             enable_ulysses(pipe.transformer, parallel)
-        engine = cls(pipe, target, torch_dtype, profile, parallel, calibration_for_folder(folder))
+        engine = cls(
+            pipe,
+            target,
+            torch_dtype,
+            profile,
+            parallel,
+            calibration_for_folder(folder),
+            vae_tiling=vae_tiling,
+            vae_parallel=vae_parallel,
+            text_encoder_offload=text_encoder_offload,
+            acceleration=acceleration,
+        )
         log.info(
-            "model %s loaded from %s on %s (%s) in %.1f s",
+            "model %s loaded from %s on %s (%s, attention %s) in %.1f s",
             profile.name,
             folder,
             target,
             torch_dtype,
+            acceleration.attention_backend,
             time.perf_counter() - started,
         )
+        if acceleration.compile != "none":
+            try:
+                engine.warm_up()
+            except Exception as exc:  # a backend that cannot compile for this device, mostly
+                log.exception("the compile warm-up failed")
+                raise SettingsError(
+                    f"WANSERVE_COMPILE={acceleration.compile!r}: the warm-up failed on {target.type} "
+                    f"({type(exc).__name__}; the log has the traceback); try WANSERVE_COMPILE=none"
+                ) from exc
         return engine
+
+    def warm_up(self, steps: int = 2) -> float:
+        """Denoise ``steps`` steps at the profile's default size and frames, with guidance, so that
+        ``torch.compile`` compiles now rather than in the first job. Every rank of a group calls it (the
+        passes are collective); no video is decoded.
+
+        Returns:
+            The seconds it took (logged).
+        """
+        width, height = (int(side) for side in self.profile.default_size.split("x"))
+        params = GenerationParams(
+            prompt="warm-up",
+            negative_prompt="",
+            width=width,
+            height=height,
+            num_frames=self.profile.default_frames,
+            fps=self.profile.default_fps,
+            num_inference_steps=steps,
+            guidance_scale=self.profile.default_guidance_scale,
+            seed=0,
+        )
+        started = time.perf_counter()
+        self.denoise(params)
+        elapsed = time.perf_counter() - started
+        log.info(
+            "warm-up (compile=%s, %d steps at %s, %d frames) took %.1f s",
+            self.acceleration.compile,
+            steps,
+            params.size,
+            params.num_frames,
+            elapsed,
+        )
+        return elapsed
 
     @property
     def layout(self) -> dict[str, Any]:
@@ -213,6 +317,8 @@ class WanEngine:
             "ulysses": layout.ulysses,
             "cfg": layout.cfg,
             "device": self.device.type,
+            "attention_backend": self.acceleration.attention_backend,
+            "compile": self.acceleration.compile,
         }
 
     def generate(self, params: GenerationParams, hooks: JobHooks = NO_HOOKS) -> GenerationResult:
@@ -230,7 +336,7 @@ class WanEngine:
             GenerationAborted: If a callback raised (chained as its cause) or the deadline passed.
         """
         denoised = self.denoise(params, hooks)
-        if not self._leads:
+        if not self._leads and not self.video_decoder.together:
             peak = devices.peak_memory_mb(self.device)
             return GenerationResult(None, denoised.timings, peak, denoised.cache)
         return self.decode(denoised, on_stage=hooks.on_stage)
@@ -266,13 +372,23 @@ class WanEngine:
         """The leader's part of :meth:`generate`, after the group's last collective: latents to frames.
 
         A failure here (out of memory in the VAE, say) is this job's failure alone: the other ranks have
-        already moved on.
+        already moved on. With a split decode (``vae_parallel``) every rank calls this after the group
+        agreed on the denoising: a rank that fails its tiles makes every rank raise the same
+        ``VaeDecodeFailed``, still the job's failure alone; only a lost rank raises ``GroupFailed``.
         """
         timings = dict(denoised.timings)
+        hook_error: Exception | None = None
         if on_stage is not None:
-            on_stage(Stage.VAE_DECODE)
+            try:
+                on_stage(Stage.VAE_DECODE)
+            except Exception as exc:
+                if not self.video_decoder.together:
+                    raise
+                hook_error = exc  # the other ranks are on their way into the decode: join them first
         with _timed(timings, "vae_decode_s"):
             frames = self._decode(denoised.latents)
+        if hook_error is not None:
+            raise hook_error
         return GenerationResult(frames, timings, devices.peak_memory_mb(self.device), denoised.cache)
 
     @property
@@ -307,13 +423,7 @@ class WanEngine:
         return ("cond", "uncond")
 
     def _encode(self, text: str) -> torch.Tensor:
-        embeds, _ = self.pipe.encode_prompt(
-            prompt=text,
-            do_classifier_free_guidance=False,
-            max_sequence_length=self.profile.max_sequence_length,
-            device=self.device,
-        )
-        return embeds.to(self.dtype)
+        return self.prompts.encode(text)
 
     def _denoise(
         self,
@@ -396,15 +506,22 @@ class WanEngine:
             raise GenerationCancelled(verdict.message)
         raise GenerationAborted(verdict.message, verdict.code) from callbacks.error
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        vae = self.pipe.vae
-        latents = latents.to(self.device, dtype=vae.dtype)
-        z_dim = vae.config.z_dim
-        mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents)
-        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(latents)
-        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+    def _decode(self, latents: torch.Tensor) -> np.ndarray | None:
+        """The frames (None on a follower that joined a split decode)."""
+        video = self.video_decoder.decode(latents)
+        if video is None:
+            return None
         frames: np.ndarray = self.pipe.video_processor.postprocess_video(video, output_type="np")[0]
         return frames.astype(np.float32)
+
+
+def _head_dim(folder: Path) -> int:
+    """The transformer's attention head size, from its config (before the weights load); Wan's 128 if the
+    config does not say."""
+    config = folder / "transformer" / "config.json"
+    if not config.is_file():
+        return 128
+    return int(json.loads(config.read_text()).get("attention_head_dim", 128))
 
 
 def _install_cache(transformer: Any, parallel: ParallelRuntime | None) -> None:

@@ -8,7 +8,10 @@ leader decided at a step boundary) leaves it healthy; anything else leaves it in
 exits non-zero so that the orchestrator restarts it.
 
 Only then, once the ranks agreed, does the leader decode the video alone: a failure there (out of memory
-in the VAE, say) is that job's failure, not the group's.
+in the VAE, say) is that job's failure, not the group's. With ``WANSERVE_VAE_PARALLEL=on`` every rank joins
+a tiled decode (``worker.vae_decode``) at that point, over the device group only (the leader's keep-alive
+may use the control plane meanwhile); a rank's decode failure is still the job's alone, shared by every
+rank; only a rank lost during it leaves the group in doubt.
 """
 
 from __future__ import annotations
@@ -109,7 +112,11 @@ class GroupLeader:
         if error is not None:
             raise error  # every rank stopped the same way (a cancel, an abort): the group is fine
         assert denoised is not None
-        return self.engine.decode(denoised, on_stage=hooks.on_stage)
+        try:
+            return self.engine.decode(denoised, on_stage=hooks.on_stage)
+        except GroupFailed:  # a split decode lost a rank
+            self.in_doubt = True
+            raise
 
     def _keep_alive(self) -> None:
         # NCCL/HCCL watchdogs and the control group's timeout end collectives that wait too long:
@@ -135,8 +142,9 @@ def follow(runtime: ParallelRuntime, engine: WanEngine) -> int:
             return 0
         params = GenerationParams.from_json(command["params"])
         error: Exception | None = None
+        denoised: Denoised | None = None
         try:
-            engine.denoise(params)
+            denoised = engine.denoise(params)
         except (GenerationCancelled, GenerationAborted) as exc:
             log.info("rank %d stopped with the group: %s", runtime.rank, exc)
             error = exc
@@ -148,9 +156,24 @@ def follow(runtime: ParallelRuntime, engine: WanEngine) -> int:
         except Exception:
             log.exception("rank %d lost the leader", runtime.rank)
             in_doubt = True
+        if not in_doubt and denoised is not None and engine.video_decoder.together:
+            in_doubt = _join_decode(runtime, engine, denoised)
         if in_doubt:
             log.error("rank %d: the group is in doubt after a failure; exiting for a restart", runtime.rank)
             return EXIT_GROUP_IN_DOUBT
+
+
+def _join_decode(runtime: ParallelRuntime, engine: WanEngine, denoised: Denoised) -> bool:
+    """A follower's share of a split VAE decode, which the leader runs too once the group agreed on the
+    denoising; returns whether the group is in doubt (a rank was lost during it)."""
+    try:
+        engine.decode(denoised)
+    except GroupFailed:
+        log.exception("rank %d lost a rank during the split VAE decode", runtime.rank)
+        return True
+    except Exception as exc:  # every rank raised it alike: the job's failure, the group is fine
+        log.info("rank %d: the split VAE decode failed with the group: %s", runtime.rank, exc)
+    return False
 
 
 def _outcome(error: BaseException | None) -> Outcome:

@@ -104,6 +104,50 @@ class ParallelRuntime:
         dist.all_gather_object(out, obj, group=self.control)
         return out
 
+    @property
+    def leads_ulysses(self) -> bool:
+        """Whether this rank is the first of its Ulysses group (the ranks that split one pass)."""
+        return int(self.mesh.get_local_rank("ulysses")) == 0
+
+    def ulysses_broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The first rank of this rank's Ulysses group sends ``tensor``; the others receive it in place."""
+        group = self.mesh.get_group("ulysses")
+        dist.broadcast(tensor, src=dist.get_global_rank(group, 0), group=group)
+        return tensor
+
+    def device_gather_codes(self, code: int) -> list[int]:
+        """Every rank's small integer, in rank order, over the device group (not the control plane,
+        which the leader's keep-alive may use between jobs)."""
+        local = torch.tensor([code], dtype=torch.int64, device=self.device)
+        out = [torch.empty_like(local) for _ in range(self.layout.ranks)]
+        dist.all_gather(out, local)
+        return [int(item.item()) for item in out]
+
+    def gather_tensors_to_leader(
+        self, tensors: list[torch.Tensor], shapes: list[list[tuple[int, ...]]], dtype: torch.dtype
+    ) -> list[list[torch.Tensor]] | None:
+        """Every rank's ``tensors`` on the leader (None elsewhere), over the device group.
+
+        ``shapes[r]`` are rank r's tensor shapes, known to every rank beforehand; each rank sends its
+        tensors as one flat buffer, padded to the longest rank's.
+        """
+        sizes = [sum(int(torch.Size(shape).numel()) for shape in rank_shapes) for rank_shapes in shapes]
+        longest = max(sizes)
+        flat = torch.zeros(longest, dtype=dtype, device=self.device)
+        if tensors:
+            mine = torch.cat([tensor.reshape(-1) for tensor in tensors])
+            flat[: mine.numel()] = mine
+        buffers = [torch.empty_like(flat) for _ in sizes] if self.is_leader else None
+        dist.gather(flat, buffers, dst=0)
+        if buffers is None:
+            return None
+        out = []
+        for buffer, rank_shapes, size in zip(buffers, shapes, sizes, strict=True):
+            lengths = [int(torch.Size(shape).numel()) for shape in rank_shapes]
+            pieces = buffer.split([*lengths, longest - size])  # the last piece: padding
+            out.append([piece.view(shape) for piece, shape in zip(pieces, rank_shapes, strict=False)])
+        return out
+
 
 def init_parallel(layout: ParallelLayout, device_name: str, timeout_s: float) -> ParallelRuntime:
     """Join the torchrun group (RANK, WORLD_SIZE, LOCAL_RANK from the environment) and build the mesh.

@@ -14,6 +14,9 @@ from service.core.settings import Settings
 from service.core.worker_registry import WorkerInfo, WorkerRegistration, WorkerState
 from worker.metrics import ProbeServer, WorkerMetrics, WorkerReadiness, start_probe_server
 
+_LOADED_LAYOUT_KEYS = ("attention_backend", "compile")
+"""What the engine's layout adds to the announced one (ranks, ulysses, cfg) once the model is loaded."""
+
 
 class WorkerPresence:
     def __init__(
@@ -38,7 +41,12 @@ class WorkerPresence:
         return self
 
     def loaded(self, profile: ModelProfile, layout: Mapping[str, Any]) -> None:
-        self.registration.update_info(device=str(layout.get("device", "cpu")), profile=profile.to_json())
+        """Ready: the device, the attention backend and compile mode (known once loaded) join the info."""
+        parallel = dict(self.registration.info.parallel)
+        parallel.update({key: layout[key] for key in _LOADED_LAYOUT_KEYS if key in layout})
+        self.registration.update_info(
+            device=str(layout.get("device", "cpu")), parallel=parallel, profile=profile.to_json()
+        )
         self.metrics.set_model_loaded(True)
         self.readiness.model_loaded = True
         self.registration.set_state(WorkerState.IDLE)

@@ -51,6 +51,12 @@ def load_engine(settings: Settings, parallel: ParallelRuntime | None = None) -> 
         dtype=settings.dtype,
         model_name=settings.model_name,
         parallel=parallel,
+        vae_tiling=settings.vae_tiling,
+        vae_parallel=settings.vae_parallel,
+        text_encoder_offload=settings.text_encoder_offload,
+        npu_ops=settings.npu_ops,
+        attention_backend=settings.attention_backend,
+        compile=settings.compile,
     )
 
 

@@ -44,6 +44,11 @@ class ModelProfile:
     model folder's calibration file, or the published data of a known Wan2.1 transformer."""
     notes: str = field(default="", compare=False)
 
+    @property
+    def default_frames(self) -> int:
+        """Frames of a request that asks for none: the default seconds at the default rate, plus one."""
+        return self.default_seconds * self.default_fps + 1
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REDIS_URL_MISSING = "WANSERVE_REDIS_URL is not set (use `wanserve dev` for an embedded Redis)"
@@ -134,6 +134,42 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or npu.")
     dtype: str = Field(default="auto", description="auto, float32, bfloat16 or float16.")
+    npu_ops: Literal["auto", "off", "mindiesd"] = Field(
+        default="auto",
+        description=(
+            "Wan's RoPE, RMSNorm and attention through fused kernels: auto (torch_npu's on an Ascend NPU, "
+            "nothing elsewhere), off, or mindiesd (MindIE-SD's ops; needs the package and an NPU)."
+        ),
+    )
+    vae_tiling: Literal["off", "on", "auto"] = Field(
+        default="off",
+        description=(
+            "Decode the VAE in spatial tiles (diffusers' 256 px every 192): on, off, or auto (tiles only "
+            "frames larger than 832x480)."
+        ),
+    )
+    vae_parallel: bool = Field(
+        default=False,
+        description="Worker group: split each tiled VAE decode's tiles over the ranks (on/off).",
+    )
+    text_encoder_offload: bool = Field(
+        default=False,
+        description="Keep UMT5 on the CPU between jobs, on the device only to encode (no-op on CPU).",
+    )
+    attention_backend: str = Field(
+        default="auto",
+        description=(
+            "The transformer's attention: auto (the fastest available: cuDNN/flash SDPA on CUDA, the fused "
+            "kernel on Ascend, native on the CPU) or a diffusers backend name, checked at worker start."
+        ),
+    )
+    compile: Literal["none", "blocks", "full"] = Field(
+        default="none",
+        description=(
+            "torch.compile the transformer: none, blocks (its repeated blocks) or full (all of it); "
+            "compiled by a warm-up before the worker reports ready."
+        ),
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     worker_name: str | None = Field(
         default=None,
@@ -158,6 +194,22 @@ class Settings(BaseSettings):
         # Compose and Kubernetes pass unset variables as empty strings.
         return None if value == "" else value
 
+    @field_validator("attention_backend", "compile", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        # Compose and Kubernetes pass unset variables as empty strings: the default then.
+        return value.strip().lower() or cls.model_fields[str(info.field_name)].default
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _backend_name(cls, value: str) -> str:
+        # Which names exist and run here is checked by the worker, which has diffusers and the device.
+        if not value.replace("_", "").isalnum():
+            raise ValueError("must be auto or a diffusers attention backend name (e.g. native, flash)")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -171,6 +223,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "WANSERVE_KEEPALIVE_S must be shorter than twice WANSERVE_DIST_TIMEOUT_S, "
                 "or idle followers time out"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _vae_parallel_needs_tiles(self) -> Settings:
+        if self.vae_parallel and self.vae_tiling == "off":
+            raise ValueError(
+                "WANSERVE_VAE_PARALLEL=on splits a tiled decode's tiles over the ranks: "
+                "set WANSERVE_VAE_TILING to on or auto"
             )
         return self
 

@@ -54,8 +54,8 @@ class WorkerInfo:
 
     model: str
     """The model's name (what videos ask for)."""
-    parallel: Mapping[str, int] = field(default_factory=lambda: {"ranks": 1, "ulysses": 1, "cfg": 1})
-    """The group's layout: ranks, ulysses, cfg."""
+    parallel: Mapping[str, Any] = field(default_factory=lambda: {"ranks": 1, "ulysses": 1, "cfg": 1})
+    """The group's layout: ranks, ulysses, cfg; once loaded also attention_backend and compile."""
     device: str = "cpu"
     profile: Mapping[str, Any] | None = None
     """The model's profile (``ModelProfile.to_json()``): sizes, max frames, defaults."""

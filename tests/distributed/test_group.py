@@ -3,120 +3,28 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from redis import Redis
 
-from service.api.app import create_app
 from service.core import redis_keys
 from service.core.settings import Settings
-from tests.processes import holds_for, wait_until
+from tests.distributed.groups import (
+    REPO,
+    finished,
+    groups_started,
+    submit,
+    wait_for,
+)
+from tests.processes import holds_for
 from worker.video_job import denoise_progress
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).parents[2]
 LONG_JOB = {"size": "128x128", "seconds": 2, "num_inference_steps": 100}
-
-
-@pytest.fixture
-def client(settings: Settings):
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-class Group:
-    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        self.process = subprocess.Popen(
-            command,
-            env={**os.environ, "PYTHONPATH": str(REPO), **env},
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        """SIGTERM first (torchrun stops its ranks on it), SIGKILL if that is not enough."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
-@pytest.fixture
-def start_group(settings: Settings, redis: Redis, tmp_path: Path):
-    started: list[Group] = []
-
-    def start(*args: str, entry: list[str] | None = None, **env: str) -> Group:
-        base_env = {
-            "WANSERVE_REDIS_URL": settings.redis_url or "",
-            "WANSERVE_DATA_DIR": str(settings.data_dir),
-            "WANSERVE_STORAGE_DIR": str(settings.videos_dir),
-            "WANSERVE_DIST_TIMEOUT_S": "20",
-            **env,
-        }
-        command = entry or [sys.executable, "-m", "cli.main", "worker"]
-        group = Group([*command, *args], base_env, tmp_path / f"group-{len(started)}.log")
-        started.append(group)
-        wait_until(
-            lambda: redis.hlen(redis_keys.MODEL_REGISTRY_KEY) > 0 or group.process.poll() is not None,
-            120,
-            "ranks",
-        )
-        assert group.process.poll() is None, group.log
-        return group
-
-    yield start
-    for group in started:
-        group.kill()
-
-
-def submit(client: TestClient, prompt: str = "a red fox", **body: Any) -> str:
-    payload = {"prompt": prompt, "size": "64x64", "seconds": 1, "num_inference_steps": 4, **body}
-    response = client.post("/v1/videos", json=payload)
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
-
-
-def wait_for(client: TestClient, video_id: str, done: Callable[[dict], bool], timeout: float = 120) -> dict:
-    view: dict = {}
-
-    def check() -> bool:
-        nonlocal view
-        view = client.get(f"/v1/videos/{video_id}").json()
-        return done(view)
-
-    wait_until(check, timeout, f"{video_id} ({view.get('status')})")
-    return view
-
-
-def finished(view: dict) -> bool:
-    return view["status"] in ("completed", "failed", "cancelled")
-
-
-def groups_started(log: str) -> list[str]:
-    """The names the launcher started its groups under, in order (their ranks 0 register under them)."""
-    return re.findall(r"worker group (\S+) started", log)
 
 
 def test_a_group_serves_cancels_and_stops_after_its_running_job(client, start_group, redis) -> None:
@@ -124,7 +32,14 @@ def test_a_group_serves_cancels_and_stops_after_its_running_job(client, start_gr
 
     video = wait_for(client, submit(client), finished)
     assert video["status"] == "completed", video["error"]
-    assert video["parallel"] == {"ranks": 2, "ulysses": 2, "cfg": 1, "device": "cpu"}
+    assert video["parallel"] == {
+        "ranks": 2,
+        "ulysses": 2,
+        "cfg": 1,
+        "device": "cpu",
+        "attention_backend": "native",
+        "compile": "none",
+    }
 
     cancelled = submit(client, **LONG_JOB)
     wait_for(client, cancelled, lambda v: v["stage"] == "denoise" and v["progress"] > 5)
