@@ -26,6 +26,8 @@ DIRECTIONS: dict[str, tuple[float, float]] = {  # (dx, dy) in image coordinates:
     "down": (0.0, 1.0),
 }
 BACKGROUND = (12, 12, 20)
+EXTENT = {"square": 1.0, "circle": 1.0, "triangle": 1.4}
+"""How far the shape reaches from its centre, in radii (a triangle's tip: its circumradius)."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Clip:
     shape: str
     direction: str
     radius: float
-    """Half the shape's width, in pixels at 64x64 (scaled with the frame)."""
+    """A circle's radius and a square's half side, in pixels at 64x64 (scaled with the frame)."""
     travel: float
     """Distance from the first frame's centre to the last, as a fraction of the frame's size."""
     start: tuple[float, float]
@@ -55,7 +57,7 @@ def sample_clip(
     direction = direction or rng.choice(list(DIRECTIONS))
     radius = rng.uniform(7.0, 11.0)
     travel = rng.uniform(0.35, 0.55)
-    margin = radius / 64 + 0.02
+    margin = radius * EXTENT[shape] / 64 + 0.02
     dx, dy = DIRECTIONS[direction]
     start = []
     for delta in (dx, dy):
@@ -89,8 +91,10 @@ def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.n
     if shape == "circle":
         return np.hypot(x, y) - r
     if shape == "square":
-        return np.maximum(np.abs(x), np.abs(y)) - r * 0.85  # same area as the circle, near enough
-    return _triangle(x, y, r * 1.4)  # circumradius: about the same area as the circle
+        # As wide as the circle, so 27% more area and whole corners: at 64x64 the VAE rounds the corners
+        # of a square of the circle's area, and the model drew blobs (issue 15).
+        return np.maximum(np.abs(x), np.abs(y)) - r
+    return _triangle(x, y, r * EXTENT["triangle"])  # about the circle's area
 
 
 def _triangle(x: np.ndarray, y: np.ndarray, circumradius: float) -> np.ndarray:

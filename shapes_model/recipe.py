@@ -21,6 +21,9 @@ import torch
 from service.core.model_profile import PROFILE_FILE, SHAPES_PROFILE
 from shapes_model import train_dit, train_vae
 from shapes_model.model import build_scheduler, build_text_encoder, build_tokenizer, build_transformer
+from shapes_model.training import DEFAULT_SEED
+
+TRANSFORMER_STEPS = 2400
 
 
 def assemble(vae: Any, transformer: Any, seed: int) -> Any:
@@ -52,10 +55,11 @@ def save_model(pipe: Any, folder: Path) -> None:
 
 def run(
     out: Path,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     vae_phases: tuple[train_vae.Phase, ...] = train_vae.PHASES,
-    transformer_steps: int = 1600,
+    transformer_steps: int = TRANSFORMER_STEPS,
     clips_per_combination: int = 16,
+    long_clips_per_combination: int = 8,
     skip_vae: bool = False,
 ) -> None:
     from diffusers import AutoencoderKLWan
@@ -69,13 +73,15 @@ def run(
 
     mark = time.perf_counter()
     vae = AutoencoderKLWan.from_pretrained(out / "vae").eval()
-    latents, clips = train_dit.make_dataset(vae, clips_per_combination, seed + 3)
-    mean = latents.mean(dim=(0, 2, 3, 4))
-    std = latents.std(dim=(0, 2, 3, 4))
-    latents = (latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
-    vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    sets = [
+        train_dit.make_dataset(vae, clips_per_combination, seed + 3, frames=SHAPES_PROFILE.default_frames),
+        train_dit.make_dataset(vae, long_clips_per_combination, seed + 4, frames=SHAPES_PROFILE.max_frames),
+    ]
+    mean, std = train_dit.normalise(sets)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
     times["encode_clips_s"] = time.perf_counter() - mark
-    print(f"encoded {len(clips)} clips in {times['encode_clips_s']:.0f}s", flush=True)
+    clips = sum(len(s.clips) for s in sets)
+    print(f"encoded {clips} clips in {times['encode_clips_s']:.0f}s", flush=True)
 
     mark = time.perf_counter()
     pipe = assemble(vae, build_transformer(seed), seed)
@@ -85,7 +91,7 @@ def run(
         transformer.save_pretrained(out / "model" / "transformer")
 
     ema = train_dit.train(
-        pipe, latents, clips, out, transformer_steps, batch_size=32, lr=1e-3, seed=seed, checkpoint=checkpoint
+        pipe, sets, out, transformer_steps, batch_size=32, lr=1e-3, seed=seed, checkpoint=checkpoint
     )
     pipe.transformer = ema
     times["transformer_s"] = time.perf_counter() - mark
@@ -94,7 +100,7 @@ def run(
         "seed": seed,
         "vae_phases": [dataclasses.asdict(phase) for phase in vae_phases],
         "transformer_steps": transformer_steps,
-        "clips": len(clips),
+        "clips": {f"{s.frames}_frames": len(s.clips) for s in sets},
         "times_s": {k: round(v, 1) for k, v in times.items()},
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -109,9 +115,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--transformer-steps", type=int, default=1600)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--transformer-steps", type=int, default=TRANSFORMER_STEPS)
     parser.add_argument("--clips-per-combination", type=int, default=16)
+    parser.add_argument("--long-clips-per-combination", type=int, default=8, help="clips of the longest")
     parser.add_argument("--skip-vae", action="store_true", help="reuse OUT/vae from an earlier run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -121,6 +128,7 @@ def main() -> None:
         train_vae.PHASES,
         args.transformer_steps,
         args.clips_per_combination,
+        args.long_clips_per_combination,
         args.skip_vae,
     )
 

@@ -11,20 +11,23 @@ from __future__ import annotations
 import copy
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from service.core.model_profile import SHAPES_PROFILE
-from shapes_model.data import COLOURS, DIRECTIONS, SHAPES, prompt_for, render, sample_clip
+from shapes_model.data import COLOURS, DIRECTIONS, SHAPES, Clip, prompt_for, render, sample_clip
 from shapes_model.model import SCHEDULER_CONFIG, build_transformer
 from shapes_model.train_vae import to_tensor
 from shapes_model.training import LossLog, warmup_cosine
 
-NUM_FRAMES = 17
 UNCOND_PROBABILITY = 0.1
+LONG_EVERY = 3
+"""Every third step trains on the long clips: the transformer learns the latent frames that only a
+33-frame video has (trained on 17 frames alone, its colours drifted there)."""
 
 
 def encode_prompts(pipe: Any, prompts: list[str]) -> torch.Tensor:
@@ -47,13 +50,32 @@ def encode_clips(vae: Any, clips: list[torch.Tensor], batch_size: int = 8) -> to
     return torch.cat(latents)
 
 
-def make_dataset(vae: Any, clips_per_combination: int, seed: int) -> tuple[torch.Tensor, list[Any]]:
-    """Latents of ``clips_per_combination`` clips of every colour x shape x direction, and the clips."""
+@dataclass
+class ClipSet:
+    """Clips of one length and their latents (raw from the VAE until ``normalise``)."""
+
+    frames: int
+    clips: list[Clip]
+    latents: torch.Tensor
+
+
+def make_dataset(vae: Any, clips_per_combination: int, seed: int, frames: int = 17) -> ClipSet:
+    """``clips_per_combination`` clips of every colour x shape x direction, ``frames`` long, encoded."""
     rng = random.Random(seed)
     combos = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
     clips = [sample_clip(rng, *combo) for combo in combos for _ in range(clips_per_combination)]
-    latents = encode_clips(vae, [to_tensor(render(clip, NUM_FRAMES)) for clip in clips])
-    return latents, clips
+    latents = encode_clips(vae, [to_tensor(render(clip, frames)) for clip in clips])
+    return ClipSet(frames, clips, latents)
+
+
+def normalise(sets: Sequence[ClipSet]) -> tuple[list[float], list[float]]:
+    """Scale every set's latents to zero mean and unit variance per channel, over all sets; returns the
+    mean and std (the VAE's ``latents_mean`` / ``latents_std``)."""
+    channels = torch.cat([s.latents.transpose(0, 1).flatten(1) for s in sets], dim=1)
+    mean, std = channels.mean(dim=1), channels.std(dim=1)
+    for s in sets:
+        s.latents = (s.latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    return mean.tolist(), std.tolist()
 
 
 def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
@@ -63,8 +85,7 @@ def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
 
 def train(
     pipe: Any,
-    latents: torch.Tensor,
-    clips: list[Any],
+    sets: Sequence[ClipSet],
     out: Path,
     steps: int,
     batch_size: int,
@@ -74,13 +95,14 @@ def train(
     checkpoint: Callable[[Any], None] | None = None,
     checkpoint_every: int = 400,
 ) -> Any:
-    """Train a fresh transformer on normalised ``latents``; returns its EMA copy."""
+    """Train a fresh transformer on normalised latents: ``sets[0]`` (the default length), and every
+    ``LONG_EVERY``-th step the longer ones in turn; returns its EMA copy."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     prompt_rng = random.Random(seed + 1)
     # Several phrasings per clip, encoded once.
-    phrasings = [[prompt_for(clip, prompt_rng) for _ in range(4)] for clip in clips]
-    unique = sorted({p for options in phrasings for p in options} | {""})
+    phrasings = [[[prompt_for(clip, prompt_rng) for _ in range(4)] for clip in s.clips] for s in sets]
+    unique = sorted({p for per_set in phrasings for options in per_set for p in options} | {""})
     index = {p: i for i, p in enumerate(unique)}
     table = torch.cat([encode_prompts(pipe, unique[i : i + 64]) for i in range(0, len(unique), 64)])
 
@@ -91,9 +113,10 @@ def train(
     shift = float(SCHEDULER_CONFIG["flow_shift"])
     log = LossLog(out / "transformer_loss.jsonl", "transformer", steps, every=log_every)
     for step in range(steps):
-        rows = [rng.randrange(len(clips)) for _ in range(batch_size)]
-        x0 = latents[rows]
-        prompts = ["" if rng.random() < UNCOND_PROBABILITY else rng.choice(phrasings[r]) for r in rows]
+        which = 0 if len(sets) == 1 or (step + 1) % LONG_EVERY else 1 + (step // LONG_EVERY) % (len(sets) - 1)
+        rows = [rng.randrange(len(sets[which].clips)) for _ in range(batch_size)]
+        x0 = sets[which].latents[rows]
+        prompts = ["" if rng.random() < UNCOND_PROBABILITY else rng.choice(phrasings[which][r]) for r in rows]
         text = table[[index[p] for p in prompts]]
         sigma = shifted_sigmas(torch.rand(batch_size), shift).view(-1, 1, 1, 1, 1)
         noise = torch.randn_like(x0)

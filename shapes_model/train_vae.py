@@ -1,9 +1,12 @@
-"""Train the VAE: reconstruct short windows of synthetic clips, weighting the object's pixels.
+"""Train the VAE: reconstruct windows of synthetic clips, weighting the object's pixels.
 
 First on windows of 9 frames (the first frame alone, then two 4-frame chunks: every path of Wan's causal
 encoder and decoder, the chunk-to-chunk feature cache included) cropped to 32x32 around the object:
 convolutions do not care about the frame's size, and a quarter of the pixels is a quarter of the time.
-Then a short phase on whole 64x64 frames.
+Then whole 33-frame clips on whole 64x64 frames: the chunk-to-chunk caches make the decoder recurrent, and
+it decodes well only as many chunks as it was trained on (trained on 5-frame windows, the shipped VAE of
+issue 15 lost the colour from frame 12 on; trained on 17, from frame 21), so it trains on the longest
+clip served.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 
 from shapes_model.data import BACKGROUND, render, sample_clip
 from shapes_model.model import build_vae
-from shapes_model.training import LossLog, warmup_cosine
+from shapes_model.training import DEFAULT_SEED, LossLog, warmup_cosine
 
 LATENT_NOISE = 0.1
 
@@ -36,18 +39,23 @@ class Phase:
 
 
 CROPS = Phase(steps=1000, window=9, crop=32, batch_size=8, lr=2e-3)
-# Then whole frames: the middle attention block sees 8x8 latents at 64x64, not the crops' 4x4.
-FULL_FRAMES = Phase(steps=300, window=5, crop=64, batch_size=4, lr=1e-3)
-PHASES = (CROPS, FULL_FRAMES)
+# Then whole frames (the middle attention block sees 8x8 latents at 64x64, not the crops' 4x4) of whole
+# clips as long as the longest served (the profile's 33 frames).
+WHOLE_CLIPS = Phase(steps=400, window=33, crop=64, batch_size=2, lr=1e-3)
+PHASES = (CROPS, WHOLE_CLIPS)
+CLIP_FRAMES = 17
+"""A clip's length when the window is shorter; a longer window is a whole clip of its own length (the
+object then moves as slowly as in a video of that many frames)."""
 
 
 def training_window(rng: random.Random, window: int, crop: int) -> np.ndarray:
     """A (window, crop, crop, 3) uint8 window of a random clip, cropped near the object."""
     clip = sample_clip(rng)
-    frames = render(clip)
-    first = rng.randrange(0, frames.shape[0] - window + 1)
+    length = max(CLIP_FRAMES, window)
+    frames = render(clip, length)
+    first = rng.randrange(0, length - window + 1)
     frames = frames[first : first + window]
-    t = (first + window / 2) / (17 - 1)
+    t = (first + window / 2) / (length - 1)
     cx = (clip.start[0] + (clip.end[0] - clip.start[0]) * t) * 64 + rng.uniform(-10, 10)
     cy = (clip.start[1] + (clip.end[1] - clip.start[1]) * t) * 64 + rng.uniform(-10, 10)
     x0 = int(np.clip(round(cx - crop / 2), 0, 64 - crop))
@@ -68,7 +76,9 @@ def object_weight(batch: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
     return 1.0 + (weight - 1.0) * near
 
 
-def train(out: Path, phases: tuple[Phase, ...] = PHASES, seed: int = 0, first_phase: int = 0) -> Any:
+def train(
+    out: Path, phases: tuple[Phase, ...] = PHASES, seed: int = DEFAULT_SEED, first_phase: int = 0
+) -> Any:
     """Run ``phases`` in turn (from ``first_phase``, resuming from ``out/vae``); saves and returns the VAE."""
     from diffusers import AutoencoderKLWan
 
@@ -113,7 +123,7 @@ def _train_phase(vae: Any, phase: Phase, out: Path, seed: int, offset: int, appe
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--first-phase", type=int, default=0, help="resume from OUT/vae at this phase")
     args = parser.parse_args()
     train(args.out, seed=args.seed, first_phase=args.first_phase)

@@ -11,6 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+DEFAULT_SEED = 1
+"""The seed of the shipped weights. With seed 0 the VAE's first phase sat on a plateau for its first 200
+steps and ended at 2.5 times seed 1's loss (0.86 against 0.34 at step 1,000), too blurred for the second
+phase to recover: a tiny model on a short schedule depends on its seed, so the recipe names the one that
+made the shipped weights."""
+
 
 def warmup_cosine(optimiser: torch.optim.Optimizer, steps: int) -> Any:
     """Linear warm-up over the first 5% of ``steps``, then cosine decay to 5% of the base rate."""

@@ -16,7 +16,7 @@ import pytest
 from service.core.model_profile import SHAPES_PROFILE, profile_for_folder
 from service.core.schemas import GenerationParams
 from shapes_model import recipe, train_vae
-from shapes_model.analyse import analyse_frames, analyse_mp4
+from shapes_model.analyse import analyse_each_frame, analyse_frames, analyse_mp4, score_frames
 from shapes_model.data import COLOURS, DIRECTIONS, SHAPES, render, sample_clip
 from worker.engine import WanEngine
 from worker.tiny_model import SHAPES_MODEL_DIR
@@ -49,14 +49,29 @@ def request(prompt: str, seed: int = 0, **changes: object) -> GenerationParams:
 
 
 @pytest.mark.parametrize(
-    ("prompt", "colour", "direction"),
-    [("a red circle moving right", "red", "right"), ("A blue square, moving up", "blue", "up")],
+    ("prompt", "colour", "shape", "direction"),
+    [
+        pytest.param(
+            *("a red square moving right", "red", "square", "right"),
+            marks=pytest.mark.xfail(strict=True, reason="squares come out round (the model card's limits)"),
+        ),
+        ("A blue circle, moving up", "blue", "circle", "up"),
+        ("a green triangle moving down", "green", "triangle", "down"),
+    ],
 )
-def test_it_draws_what_it_is_told(shapes_engine: WanEngine, prompt: str, colour: str, direction: str) -> None:
+def test_it_draws_what_it_is_told_in_every_frame(
+    shapes_engine: WanEngine, prompt: str, colour: str, shape: str, direction: str
+) -> None:
     result = shapes_engine.generate(request(prompt))
     assert result.frames is not None
-    seen = analyse_frames(to_uint8(result.frames))
-    assert (seen.colour, seen.direction) == (colour, direction), seen
+    frames = to_uint8(result.frames)
+    seen = analyse_frames(frames)
+    assert (seen.colour, seen.shape, seen.direction) == (colour, shape, direction), seen
+    each = score_frames(analyse_each_frame(frames), colour, shape)
+    assert each.present == each.single == 1.0, each
+    # The colour holds in every frame but the first ones; the shape in most (triangles about 60% of
+    # frames, the model card's limits).
+    assert each.colour >= 0.9 and each.shape > 0.5, each
 
 
 @pytest.mark.parametrize("prompt", ["a purple fox running through snow", "", "日本語のプロンプト"])
@@ -68,7 +83,10 @@ def test_any_other_prompt_still_makes_a_video(shapes_engine: WanEngine, prompt: 
 
 def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
     phases = tuple(dataclasses.replace(phase, steps=2, batch_size=1) for phase in train_vae.PHASES)
-    recipe.run(tmp_path, seed=1, vae_phases=phases, transformer_steps=2, clips_per_combination=1)
+    recipe.run(
+        tmp_path, seed=1, vae_phases=phases, transformer_steps=2, clips_per_combination=1,
+        long_clips_per_combination=1,
+    )  # fmt: skip
     folder = tmp_path / "model"
     trained = profile_for_folder(folder)
     # A freshly trained model has no cache calibration until `wanserve cache-calibrate` runs on it.

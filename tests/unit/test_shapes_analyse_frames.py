@@ -82,7 +82,7 @@ def test_a_frame_without_the_object_counts_as_absent_and_wrong() -> None:
 
 
 def test_blur_lowers_sharpness_and_a_rendered_edge_scores_about_one() -> None:
-    frames = render(Clip("white", "square", "left", radius=10.0, travel=0.4, start=(0.7, 0.5)))
+    frames = render(Clip("white", "square", "left", radius=9.7, travel=0.4, start=(0.7, 0.5)))
     blurred = _blur(_blur(frames))
     sharp = score_frames(analyse_each_frame(frames), "white", "square").sharpness
     soft = score_frames(analyse_each_frame(blurred), "white", "square").sharpness
