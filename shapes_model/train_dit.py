@@ -26,8 +26,8 @@ from shapes_model.training import LossLog, warmup_cosine
 
 UNCOND_PROBABILITY = 0.1
 LONG_EVERY = 3
-"""Every third step trains on the long clips: the transformer learns the latent frames that only a
-33-frame video has (trained on 17 frames alone, its colours drifted there)."""
+"""Every third step trains on the long clips, so the transformer learns the latent frames that only a
+33-frame video has rather than extrapolating its positions to them."""
 
 
 def encode_prompts(pipe: Any, prompts: list[str]) -> torch.Tensor:
