@@ -1,4 +1,4 @@
-"""Ulysses and CFG parallelism give the frames of one process (fp32, CPU, gloo)."""
+"""Ulysses and CFG parallelism give the frames of one process (fp32, CPU, gloo), compiled blocks too."""
 
 from __future__ import annotations
 
@@ -47,6 +47,20 @@ def test_parallel_layouts_match_one_process(
     frames = torchrun(nproc, *args, model=tiny_model_dir, out=tmp_path)
     assert frames.shape == reference.shape == (17, 64, 64, 3)
     assert np.abs(frames - reference).max() <= 1e-4
+
+
+COMPILED_ATOL = 1e-4
+"""Inductor reorders float32 arithmetic (test_compile_recompiles measures ~1e-6 in one process)."""
+
+
+def test_ulysses_with_compiled_blocks_matches_one_eager_process(
+    reference: np.ndarray, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The blocks are compiled (inductor, as the worker compiles) before Ulysses' hooks split the
+    sequence, so the attention's all-to-all is met inside each compiled block's forward."""
+    frames = torchrun(2, "--ulysses", "2", "--compile", "blocks", model=tiny_model_dir, out=tmp_path)
+    assert frames.shape == reference.shape
+    assert np.abs(frames - reference).max() <= COMPILED_ATOL
 
 
 def test_one_process_in_torchrun_matches_the_plain_engine(reference: np.ndarray, engine) -> None:
