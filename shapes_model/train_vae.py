@@ -36,13 +36,29 @@ class Phase:
     """Square crop around the object, pixels; 64 is the whole frame."""
     batch_size: int
     lr: float
+    decoder_only: bool = False
+    """Train the decoder alone: the encoder, and so every latent the transformer trains on, stays as it is."""
+    edge_weight: float = 0.0
+    """Weight of the loss on the frames' spatial differences (``edge_loss``) beside the pixels' L1."""
+    relative_noise: float = 0.0
+    """With it, the decoder's input noise is each clip's draw from 0 to this many standard deviations of
+    the batch's latents per channel (the units the transformer works in), not ``LATENT_NOISE``."""
 
 
 CROPS = Phase(steps=1000, window=9, crop=32, batch_size=8, lr=2e-3)
 # Then whole frames (the middle attention block sees 8x8 latents at 64x64, not the crops' 4x4) of whole
 # clips as long as the longest served (the profile's 33 frames).
 WHOLE_CLIPS = Phase(steps=400, window=33, crop=64, batch_size=2, lr=1e-3)
-PHASES = (CROPS, WHOLE_CLIPS)
+# Then sharper edges: the decoder alone, with a loss on the frames' spatial differences. Pixel L1 alone left
+# it rounding squares' corners and blunting triangles' tips (drawn clips' reconstructions read square in
+# 65-80% of frames, triangle in 57%), and the transformer can draw no better than its decoder.
+SHARP_EDGES = Phase(steps=300, window=33, crop=64, batch_size=2, lr=5e-4, decoder_only=True, edge_weight=1.0)
+# Then a decoder that keeps its colours under the transformer's errors: the first latent frame (the first
+# frame alone) carries the object more faintly than the others, and with noise of 0.3 standard deviations
+# its frames 0-1 decoded the wrong colour in 9% of clips, frames 3-16 in none.
+ROBUST = Phase(steps=200, window=33, crop=64, batch_size=2, lr=3e-4, decoder_only=True, edge_weight=1.0,
+               relative_noise=0.6)  # fmt: skip
+PHASES = (CROPS, WHOLE_CLIPS, SHARP_EDGES, ROBUST)
 CLIP_FRAMES = 17
 """A clip's length when the window is shorter; a longer window is a whole clip of its own length (the
 object then moves as slowly as in a video of that many frames)."""
@@ -76,6 +92,25 @@ def object_weight(batch: torch.Tensor, weight: float = 10.0) -> torch.Tensor:
     return 1.0 + (weight - 1.0) * near
 
 
+def edge_loss(reconstruction: torch.Tensor, batch: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted L1 between the horizontal and vertical pixel differences of two (B, C, T, H, W) clips: it
+    asks for the drawn clip's one-pixel step across an edge, where pixel L1 is content with a ramp."""
+    loss = reconstruction.new_zeros(())
+    for axis in (3, 4):
+        difference = torch.diff(reconstruction, dim=axis) - torch.diff(batch, dim=axis)
+        loss = loss + (difference.abs() * weight.narrow(axis, 1, weight.shape[axis] - 1)).mean()
+    return loss
+
+
+def decoder_noise(latents: torch.Tensor, relative: float) -> torch.Tensor:
+    """Noise for the decoder's input: ``LATENT_NOISE``, or with ``relative`` up to that many of the batch's
+    per-channel standard deviations, a level drawn per clip."""
+    if not relative:
+        return LATENT_NOISE * torch.randn_like(latents)
+    level = relative * torch.rand(latents.shape[0], 1, 1, 1, 1)
+    return level * latents.std(dim=(0, 2, 3, 4), keepdim=True) * torch.randn_like(latents)
+
+
 def train(
     out: Path, phases: tuple[Phase, ...] = PHASES, seed: int = DEFAULT_SEED, first_phase: int = 0
 ) -> Any:
@@ -95,23 +130,34 @@ def train(
 def _train_phase(vae: Any, phase: Phase, out: Path, seed: int, offset: int, append: bool) -> Any:
     rng = random.Random(seed)
     vae.train()
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=phase.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    if phase.decoder_only:
+        trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    else:
+        trained = list(vae.parameters())
+    vae.requires_grad_(False)
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    optimiser = torch.optim.AdamW(trained, lr=phase.lr, weight_decay=0.0, betas=(0.9, 0.99))
     schedule = warmup_cosine(optimiser, phase.steps)
     torch.manual_seed(seed)
     log = LossLog(out / "vae_loss.jsonl", "vae", phase.steps, offset=offset, append=append)
     for step in range(phase.steps):
         windows = [training_window(rng, phase.window, phase.crop) for _ in range(phase.batch_size)]
         batch = torch.stack([to_tensor(window) for window in windows])
-        posterior = vae.encode(batch).latent_dist
+        with torch.set_grad_enabled(not phase.decoder_only):
+            posterior = vae.encode(batch).latent_dist
         # The posterior's mean plus a little noise, not a posterior sample: sampling at the untrained
         # posterior's width drowns the latents in noise, and we encode with the mean anyway.
         latents = posterior.mode()
-        reconstruction = vae.decode(latents + LATENT_NOISE * torch.randn_like(latents)).sample
-        l1 = ((reconstruction - batch).abs() * object_weight(batch)).mean()
+        reconstruction = vae.decode(latents + decoder_noise(latents, phase.relative_noise)).sample
+        weight = object_weight(batch)
+        l1 = ((reconstruction - batch).abs() * weight).mean()
         loss = l1 + 1e-6 * posterior.kl().mean()
+        if phase.edge_weight:
+            loss = loss + phase.edge_weight * edge_loss(reconstruction, batch, weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimiser.step()
         schedule.step()
         log.add(step, l1.item())

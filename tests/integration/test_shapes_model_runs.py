@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from service.core.model_profile import SHAPES_PROFILE, profile_for_folder
 from service.core.schemas import GenerationParams
 from shapes_model import recipe, train_vae
 from shapes_model.analyse import analyse_each_frame, analyse_frames, analyse_mp4, score_frames
 from shapes_model.data import COLOURS, DIRECTIONS, SHAPES, render, sample_clip
+from shapes_model.model import build_vae
 from worker.engine import WanEngine
 from worker.tiny_model import SHAPES_MODEL_DIR
 from worker.video import to_uint8, write_mp4
@@ -95,7 +97,19 @@ def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
     assert dataclasses.replace(trained, cache_calibrations=calibrated) == SHAPES_PROFILE
     assert {"vae_loss.jsonl", "transformer_loss.jsonl", "recipe.json"} <= {p.name for p in tmp_path.iterdir()}
     vae_log = [json.loads(line) for line in (tmp_path / "vae_loss.jsonl").read_text().splitlines()]
-    assert [record["step"] for record in vae_log] == [2, 4], "the second phase numbers on from the first"
+    assert [record["step"] for record in vae_log] == [2, 4, 6, 8], "each phase numbers on from the last"
     engine = WanEngine.load(folder, device="cpu", dtype="float32")
     result = engine.generate(request("a green triangle moving down", num_inference_steps=2))
     assert result.frames is not None and result.frames.shape == (17, 64, 64, 3)
+
+
+def test_a_decoder_only_phase_trains_the_decoder_and_leaves_the_encoder(tmp_path: Path) -> None:
+    """So the latents the transformer trained on stay those the shipped encoder makes."""
+    vae = build_vae(0)
+    before = {name: p.detach().clone() for name, p in vae.named_parameters()}
+    phase = dataclasses.replace(train_vae.SHARP_EDGES, steps=1, window=5, crop=16, batch_size=1)
+    train_vae._train_phase(vae, phase, tmp_path, seed=0, offset=0, append=False)
+
+    changed = {name for name, p in vae.named_parameters() if not torch.equal(p, before[name])}
+    assert changed, "the decoder did not train"
+    assert all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed), changed
