@@ -6,7 +6,8 @@ convolutions do not care about the frame's size, and a quarter of the pixels is 
 Then whole 33-frame clips on whole 64x64 frames: the chunk-to-chunk caches make the decoder recurrent, and
 it decodes well only as many chunks as it was trained on (trained on 5-frame windows, the shipped VAE of
 issue 15 lost the colour from frame 12 on; trained on 17, from frame 21), so it trains on the longest
-clip served.
+clip served. Then the decoder alone, the encoder and so every latent left as they are: for sharp edges
+(a loss on pixel differences), then for colours that hold under the transformer's errors (more noise).
 """
 
 from __future__ import annotations
