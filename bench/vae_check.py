@@ -67,7 +67,9 @@ def score(clips: list[Clip], videos: list[np.ndarray]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--vae", type=Path, default=SHAPES_MODEL_DIR / "vae")
     parser.add_argument("--frames", type=int, nargs="+", default=[17, 33])
     parser.add_argument("--clips", type=int, default=60)
@@ -85,7 +87,9 @@ def main() -> None:
             clips = [sample_clip(rng) for _ in range(args.clips)]
             drawn = [render(clip, frames) for clip in clips]
             report[f"drawn_{frames}"] = score(clips, [through_mp4(v, Path(tmp)) for v in drawn])
-            report[f"vae_{frames}"] = score(clips, [through_mp4(reconstruct(vae, v), Path(tmp)) for v in drawn])
+            report[f"vae_{frames}"] = score(
+                clips, [through_mp4(reconstruct(vae, v), Path(tmp)) for v in drawn]
+            )
             for name in ("drawn", "vae"):
                 print(name, frames, json.dumps(report[f"{name}_{frames}"]), flush=True)
     if args.json:

@@ -56,7 +56,7 @@ WHOLE_CLIPS = Phase(steps=400, window=33, crop=64, batch_size=2, lr=1e-3)
 SHARP_EDGES = Phase(steps=300, window=33, crop=64, batch_size=2, lr=5e-4, decoder_only=True, edge_weight=1.0)
 # Then a decoder that keeps its colours under the transformer's errors: the first latent frame (the first
 # frame alone) carries the object more faintly than the others, and with noise of 0.3 standard deviations
-# its frames 0-1 decoded the wrong colour in 9% of clips, frames 3-16 in none.
+# the decoder after phase 3 decoded frames 0-1 in the wrong colour in 9% of clips, frames 3-16 in none.
 ROBUST = Phase(steps=200, window=33, crop=64, batch_size=2, lr=3e-4, decoder_only=True, edge_weight=1.0,
                relative_noise=0.6)  # fmt: skip
 PHASES = (CROPS, WHOLE_CLIPS, SHARP_EDGES, ROBUST)

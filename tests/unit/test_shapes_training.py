@@ -10,7 +10,9 @@ from shapes_model import train_vae
 
 def clip_with_an_edge(ramp: int) -> torch.Tensor:
     """(1, 3, 1, 8, 16): dark on the left, bright on the right, the edge ramping over ``ramp`` pixels."""
-    row = torch.cat([torch.full((6,), -1.0), torch.linspace(-1.0, 1.0, ramp + 2), torch.full((8 - ramp,), 1.0)])
+    row = torch.cat(
+        [torch.full((6,), -1.0), torch.linspace(-1.0, 1.0, ramp + 2), torch.full((8 - ramp,), 1.0)]
+    )
     return row.view(1, 1, 1, 1, 16).expand(1, 3, 1, 8, 16).clone()
 
 
