@@ -26,17 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shapes_model.analyse import accuracy_by_position, analyse_each_frame, score_frames
 from shapes_model.data import SHAPES, Clip, render, sample_clip
+from shapes_model.train_vae import to_tensor
 from worker.tiny_model import SHAPES_MODEL_DIR
-from worker.video import read_mp4, write_mp4
+from worker.video import read_mp4, to_uint8, write_mp4
 
 
 def reconstruct(vae: Any, frames: np.ndarray) -> np.ndarray:
     """uint8 (T, H, W, 3) -> the VAE's uint8 reconstruction."""
-    video = torch.from_numpy(frames).permute(3, 0, 1, 2).float()[None] / 127.5 - 1.0
     with torch.no_grad():
-        latents = vae.encode(video).latent_dist.mode()
+        latents = vae.encode(to_tensor(frames)[None]).latent_dist.mode()
         decoded = vae.decode(latents).sample[0]
-    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+    return to_uint8(((decoded + 1) / 2).permute(1, 2, 3, 0).numpy())
 
 
 def through_mp4(frames: np.ndarray, folder: Path) -> np.ndarray:
