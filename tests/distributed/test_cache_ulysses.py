@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +19,8 @@ import numpy as np
 import pytest
 
 from service.core.cache import resolve_cache
-from service.core.cache_calibration import write_calibration
 from service.core.model_profile import TINY_PROFILE
+from tests.calibrated_models import calibrated_copy, flat_calibration
 from tests.params import PARAMS
 from worker.cache import block_cache_stats, block_cache_trace
 from worker.engine import WanEngine
@@ -49,14 +48,6 @@ REQUESTED: list[Any] = [
 ]
 # Resolved as the API resolves them for the tiny model.
 CACHES = [resolve_cache(cache, num_steps=STEPS, num_layers=TINY_PROFILE.num_layers) for cache in REQUESTED]
-CALIBRATION = {
-    "magcache": [
-        {"steps": STEPS, "cond": [1.0] + [0.98] * (STEPS - 1), "uncond": [1.0] + [0.98] * (STEPS - 1)}
-    ],
-    # f(x) = x: the accumulated change is the raw change of the timestep embedding.
-    "teacache": {"coefficients": [0.0, 0.0, 0.0, 1.0, 0.0], "x_range": [0.0, 10.0]},
-    "source": "tests/distributed/test_cache_ulysses.py",
-}
 
 
 @dataclasses.dataclass
@@ -73,11 +64,8 @@ def decisions(trace: list[dict[str, Any]]) -> list[tuple[str, int, bool]]:
 
 @pytest.fixture(scope="module")
 def calibrated_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with a calibration for MagCache and TeaCache."""
-    folder = tmp_path_factory.mktemp("calibrated") / "model"
-    shutil.copytree(tiny_model_dir, folder)
-    write_calibration(folder, CALIBRATION)
-    return folder
+    calibration = flat_calibration(STEPS, "tests/distributed/test_cache_ulysses.py")
+    return calibrated_copy(tiny_model_dir, tmp_path_factory.mktemp("calibrated"), calibration)
 
 
 @pytest.fixture(scope="module")

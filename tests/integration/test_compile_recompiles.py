@@ -12,7 +12,6 @@ and needs a C compiler.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,8 @@ import torch
 from torch._dynamo.utils import counters
 
 from service.core.cache import resolve_cache
-from service.core.cache_calibration import write_calibration
 from service.core.model_profile import TINY_PROFILE
+from tests.calibrated_models import calibrated_copy, flat_calibration
 from tests.params import PARAMS
 from worker.engine import WanEngine
 
@@ -39,11 +38,6 @@ REQUESTS: list[tuple[Any, int]] = [
     ({"step_start": 1, "step_end": 7, "step_interval": 2, "block_start": 0, "block_end": 2}, 8),
     ("none", 3),
 ]
-CALIBRATION = {
-    "magcache": [{"steps": MAG_STEPS, "cond": [1.0] + [0.98] * 7, "uncond": [1.0] + [0.98] * 7}],
-    "teacache": {"coefficients": [0.0, 0.0, 0.0, 1.0, 0.0], "x_range": [0.0, 10.0]},
-    "source": "tests/integration/test_compile_recompiles.py",
-}
 FRAMES_ATOL = 1e-3
 """Inductor reorders and fuses float32 arithmetic: the frames (in [0, 1]) may differ in the last bits of the
 transformer's output, carried through the steps and the VAE; measured here about 1e-6."""
@@ -51,11 +45,8 @@ transformer's output, carried through the steps and the VAE; measured here about
 
 @pytest.fixture(scope="module")
 def calibrated_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with a calibration, so that MagCache and TeaCache can run."""
-    folder = tmp_path_factory.mktemp("calibrated") / "model"
-    shutil.copytree(tiny_model_dir, folder)
-    write_calibration(folder, CALIBRATION)
-    return folder
+    calibration = flat_calibration(MAG_STEPS, "tests/integration/test_compile_recompiles.py")
+    return calibrated_copy(tiny_model_dir, tmp_path_factory.mktemp("calibrated"), calibration)
 
 
 def compiled_graphs() -> int:
