@@ -1,6 +1,6 @@
 """The whole recipe: train the VAE, encode the clips, train the transformer, write a diffusers folder.
 
-    python -m shapes_model.recipe --out /tmp/shapes            # 65-85 minutes on 2 CPU cores
+    python -m shapes_model.recipe --out /tmp/shapes            # 90-115 minutes on 2 CPU cores
     cp -r /tmp/shapes/model/* worker/models/wan2.1-tiny-shapes/  # ship it
 
 Seeded throughout: the same seed, torch version and thread count give the same weights.
@@ -22,8 +22,6 @@ from service.core.model_profile import PROFILE_FILE, SHAPES_PROFILE
 from shapes_model import train_dit, train_vae
 from shapes_model.model import build_scheduler, build_text_encoder, build_tokenizer, build_transformer
 from shapes_model.training import DEFAULT_SEED
-
-TRANSFORMER_STEPS = 2400
 
 
 def assemble(vae: Any, transformer: Any, seed: int) -> Any:
@@ -57,12 +55,13 @@ def run(
     out: Path,
     seed: int = DEFAULT_SEED,
     vae_phases: tuple[train_vae.Phase, ...] = train_vae.PHASES,
-    transformer_steps: int = TRANSFORMER_STEPS,
+    transformer_phases: tuple[train_dit.Phase, ...] = train_dit.PHASES,
     clips_per_combination: int = 16,
     long_clips_per_combination: int = 8,
     skip_vae: bool = False,
+    first_transformer_phase: int = 0,
 ) -> None:
-    from diffusers import AutoencoderKLWan
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     torch.manual_seed(seed)
     times: dict[str, float] = {}
@@ -83,23 +82,30 @@ def run(
     clips = sum(len(s.clips) for s in sets)
     print(f"encoded {clips} clips in {times['encode_clips_s']:.0f}s", flush=True)
 
-    mark = time.perf_counter()
     pipe = assemble(vae, build_transformer(seed), seed)
-    save_model(pipe, out / "model")  # complete from the start; checkpoints replace its transformer
+    if first_transformer_phase == 0:
+        save_model(pipe, out / "model")  # complete from the start; checkpoints replace its transformer
+    else:
+        pipe.transformer = WanTransformer3DModel.from_pretrained(out / "model" / "transformer")
 
     def checkpoint(transformer: Any) -> None:
         transformer.save_pretrained(out / "model" / "transformer")
 
-    ema = train_dit.train(
-        pipe, sets, out, transformer_steps, batch_size=32, lr=1e-3, seed=seed, checkpoint=checkpoint
-    )
-    pipe.transformer = ema
-    times["transformer_s"] = time.perf_counter() - mark
-    save_model(pipe, out / "model")
+    offset = sum(phase.steps for phase in transformer_phases[:first_transformer_phase])
+    for index in range(first_transformer_phase, len(transformer_phases)):
+        phase = transformer_phases[index]
+        mark = time.perf_counter()
+        pipe.transformer = train_dit.train(
+            pipe, sets, out, phase, train_dit.phase_seed(seed, index),
+            initial=None if index == 0 else pipe.transformer, offset=offset, checkpoint=checkpoint,
+        )  # fmt: skip
+        times[f"transformer_phase_{index + 1}_s"] = time.perf_counter() - mark
+        offset += phase.steps
+        save_model(pipe, out / "model")
     recipe = {
         "seed": seed,
         "vae_phases": [dataclasses.asdict(phase) for phase in vae_phases],
-        "transformer_steps": transformer_steps,
+        "transformer_phases": [dataclasses.asdict(phase) for phase in transformer_phases],
         "clips": {f"{s.frames}_frames": len(s.clips) for s in sets},
         "times_s": {k: round(v, 1) for k, v in times.items()},
         "torch": torch.__version__,
@@ -116,20 +122,23 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--transformer-steps", type=int, default=TRANSFORMER_STEPS)
     parser.add_argument("--clips-per-combination", type=int, default=16)
     parser.add_argument("--long-clips-per-combination", type=int, default=8, help="clips of the longest")
     parser.add_argument("--skip-vae", action="store_true", help="reuse OUT/vae from an earlier run")
+    parser.add_argument(
+        "--first-transformer-phase", type=int, default=0, help="resume from OUT/model/transformer at it"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     run(
         args.out,
         args.seed,
         train_vae.PHASES,
-        args.transformer_steps,
+        train_dit.PHASES,
         args.clips_per_combination,
         args.long_clips_per_combination,
         args.skip_vae,
+        args.first_transformer_phase,
     )
 
 
