@@ -32,6 +32,7 @@ from shapes_model.data import Clip, render, sample_clip
 from shapes_model.train_dit import encode_prompts
 from shapes_model.train_vae import to_tensor
 from worker.tiny_model import SHAPES_MODEL_DIR
+from worker.vae_decode import denormalize
 from worker.video import to_uint8
 
 EULER_STEPS = 12
@@ -53,7 +54,7 @@ def denoise(pipe: Any, clip: Clip, prompt: str, level: float, guidance: float) -
                             encoder_hidden_states=texts, return_dict=False)[0]  # fmt: skip
             v_cond, v_uncond = v.split(1)
             x = x + (there - here) * (v_uncond + guidance * (v_cond - v_uncond))
-        frames = vae.decode(x * std + mean).sample[0]
+        frames = vae.decode(denormalize(vae, x)).sample[0]
     return to_uint8(((frames + 1) / 2).permute(1, 2, 3, 0).numpy())
 
 
