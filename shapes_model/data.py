@@ -72,19 +72,24 @@ def sample_clip(
 
 def render(clip: Clip, num_frames: int = 17, height: int = 64, width: int = 64) -> np.ndarray:
     """The clip as uint8 frames, shape (num_frames, height, width, 3)."""
-    scale = min(height, width) / 64
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    alpha = coverage(clip, num_frames, height, width)[..., None]
     colour = np.array(COLOURS[clip.colour], np.float32)
     background = np.array(BACKGROUND, np.float32)
-    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    return np.round(background * (1 - alpha) + colour * alpha).astype(np.uint8)
+
+
+def coverage(clip: Clip, num_frames: int = 17, height: int = 64, width: int = 64) -> np.ndarray:
+    """How much of each pixel the object covers, 0-1, shape (num_frames, height, width)."""
+    scale = min(height, width) / 64
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    alpha = np.empty((num_frames, height, width), np.float32)
     (x0, y0), (x1, y1) = clip.start, clip.end
     for i in range(num_frames):
         t = i / max(num_frames - 1, 1)
         cx, cy = (x0 + (x1 - x0) * t) * width, (y0 + (y1 - y0) * t) * height
         distance = _signed_distance(clip.shape, xs - cx, ys - cy, clip.radius * scale)
-        alpha = np.clip(0.5 - distance, 0.0, 1.0)[..., None]
-        frames[i] = np.round(background * (1 - alpha) + colour * alpha).astype(np.uint8)
-    return frames
+        alpha[i] = np.clip(0.5 - distance, 0.0, 1.0)
+    return alpha
 
 
 def _signed_distance(shape: str, x: np.ndarray, y: np.ndarray, r: float) -> np.ndarray:

@@ -1,11 +1,16 @@
-"""The shapes recipe's edge loss asks for steps where pixel L1 accepts ramps (its decoder-only phase is
-trained in tests/integration/test_shapes_model_runs.py)."""
+"""The shapes recipe's losses: the VAE's edge loss asks for steps where pixel L1 accepts ramps, the
+transformer's outline weight lies where a shape differs from its twin (the phases themselves run in
+tests/integration/test_shapes_model_runs.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from shapes_model import train_vae
+from shapes_model import train_dit, train_vae
+from shapes_model.data import Clip
+from shapes_model.outline_weights import outline_difference
 
 
 def clip_with_an_edge(ramp: int) -> torch.Tensor:
@@ -32,3 +37,52 @@ def test_the_edge_loss_is_weighted_where_the_weight_is() -> None:
     away[..., 4:12] = 0.0  # nothing counts around the edge (columns 6-11)
     assert train_vae.edge_loss(ramp, step, away) == 0
     assert train_vae.edge_loss(ramp, step, weight * 10) > train_vae.edge_loss(ramp, step, weight)
+
+
+def test_a_squares_outline_weight_lies_on_its_corners_not_its_middle_or_the_background() -> None:
+    square = Clip("red", "square", "right", radius=10.0, travel=0.0, start=(0.5, 0.5))
+    cells = outline_difference(square, 17, (5, 8, 8))[0]
+    assert cells.shape == (5, 8, 8) and cells.max() == 1
+    # Centred at pixel 32: the four latent cells around the centre hold the corners (the circle reaches
+    # almost as far along the axes), the rest of the frame is the same for both shapes.
+    assert (cells[:, 3:5, 3:5] > 0).all()
+    assert (cells[:, :2] == 0).all() and (cells[:, 6:] == 0).all()
+    # A circle is told apart from the same square, so it is weighed in the same cells.
+    circle = dataclasses.replace(square, shape="circle")
+    assert torch.equal(outline_difference(circle, 17, (5, 8, 8)), outline_difference(square, 17, (5, 8, 8)))
+
+
+def test_the_outline_weight_follows_a_moving_clip_chunk_by_chunk() -> None:
+    moving = Clip("blue", "square", "right", radius=8.0, travel=0.5, start=(0.25, 0.5))
+    cells = outline_difference(moving, 17, (5, 8, 8))[0]
+    columns = cells.sum(dim=1)  # (latent frames, columns)
+    centres = (columns * torch.arange(8)).sum(dim=1) / columns.sum(dim=1)
+    assert (centres.diff() > 0).all(), centres
+
+
+def test_the_weighted_loss_counts_only_where_the_weight_is() -> None:
+    target = torch.zeros(1, 16, 5, 8, 8)
+    prediction = target.clone()
+    prediction[..., 0, 0] = 1.0  # wrong in one cell of every latent frame
+    weight = torch.ones(1, 1, 5, 8, 8)
+    loss = train_dit.weighted_mse
+    assert loss(prediction, target, weight) == torch.nn.functional.mse_loss(prediction, target)
+    elsewhere = weight.clone()
+    elsewhere[..., 0, 0] = 0.0
+    assert loss(prediction, target, elsewhere) == 0
+    there = weight.clone()
+    there[..., 0, 0] = 21.0
+    assert loss(prediction, target, there) > loss(prediction, target, weight)
+
+
+def test_a_logit_normal_phase_draws_its_levels_around_its_mean() -> None:
+    torch.manual_seed(0)
+    levels = train_dit.draw_levels(train_dit.CORNERS, 10_000)
+    assert levels.min() > 0 and levels.max() < 1
+    assert abs(levels.median() - torch.sigmoid(torch.tensor(train_dit.CORNERS.level_logit[0]))) < 0.01
+
+    def middle(draws: torch.Tensor) -> float:
+        return ((draws > 0.4) & (draws < 0.8)).float().mean().item()
+
+    uniform = train_dit.draw_levels(train_dit.EVERY_LEVEL, 10_000)
+    assert middle(levels) > 0.55 and abs(middle(uniform) - 0.4) < 0.02
