@@ -104,7 +104,7 @@ FROM_SCRATCH = Phase(steps=2400, lr=1e-3, batch_size=32, sigma_shift=float(SCHED
 # path, but a shape's outline is settled at lower noise, which shift 3 seldom drew (a quarter of draws below
 # 0.5): triangles went from 57% to 84.5% of frames, videos holding their colour from 86.7% to 91.1%.
 EVERY_LEVEL = Phase(steps=2400, lr=5e-4, batch_size=32, sigma_shift=1.0)
-# Then the cells where a shape differs from its twin weighed 21 times, the levels centred on 0.62, where a
+# Then the cells where a shape differs from its twin weighed up to 21 times, at levels around 0.62, where a
 # noised square still turned round when asked for a square (bench/shape_steering.py): squares 10% -> 26% of
 # frames, circles 88% -> 97%, triangles 84.5% -> 87%, videos holding their colour 91.1% -> 97.8%.
 CORNERS = Phase(
@@ -160,7 +160,11 @@ def train(
     optimiser = torch.optim.AdamW(transformer.parameters(), lr=phase.lr, weight_decay=0.01, betas=(0.9, 0.99))
     schedule = warmup_cosine(optimiser, phase.steps)
     log = LossLog(out / "transformer_loss.jsonl", "transformer", phase.steps, offset, offset > 0, log_every)
-    outlines = [outline_weights(s.clips, s.frames, s.latents.shape[2:]) for s in sets]
+    outlines = (
+        [outline_weights(s.clips, s.frames, s.latents.shape[2:]) for s in sets]
+        if phase.outline_weight
+        else []
+    )
     for step in range(phase.steps):
         which = 0 if len(sets) == 1 or (step + 1) % LONG_EVERY else 1 + (step // LONG_EVERY) % (len(sets) - 1)
         rows = [rng.randrange(len(sets[which].clips)) for _ in range(phase.batch_size)]
