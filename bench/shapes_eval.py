@@ -11,7 +11,8 @@ and the denoising loop's time against the uncached one (median; the host is shar
 
 Every frame is also read on its own (``analyse_each_frame``), since a whole-video mean hides a colour that
 drifts late in the clip: the share of frames with the asked colour and shape, with an object, with a
-single one, how sharp its edge is, and each frame position's accuracy over the videos. ``--unseen`` asks
+single one, how sharp its edge is, how much of the object is another colour (patches), and each frame
+position's accuracy over the videos. ``--unseen`` asks
 with seeds from 1000 and wordings that no training prompt uses (``UNSEEN_WORDINGS``); ``--strips DIR``
 writes a few videos' frames side by side as PNGs, the worst ones among them.
 """
@@ -212,6 +213,7 @@ def summarise_frames(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The frame-by-frame measures over ``runs`` (one cache's), with each frame position's accuracy."""
     scores = [r["per_frame"] for r in runs]
     sharp = [s["sharpness"] for s in scores if s["sharpness"] is not None]
+    off = [s["off_colour"] for s in scores if s["off_colour"] is not None]
     return {
         "colour_90": float(np.mean([s["colour"] >= 0.9 for s in scores])),
         "colour": float(np.mean([s["colour"] for s in scores])),
@@ -219,6 +221,8 @@ def summarise_frames(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "present": float(np.mean([s["present"] for s in scores])),
         "single": float(np.mean([s["single"] for s in scores])),
         "sharpness": float(np.mean(sharp)) if sharp else None,
+        "off_colour": float(np.mean(off)) if off else None,
+        "videos_patched": float(np.mean([s["patched"] > 0 for s in scores])),
         "colour_by_class": {
             c: float(np.mean([r["per_frame"]["colour"] for r in runs if r["asked"]["colour"] == c]))
             for c in COLOURS
@@ -238,14 +242,17 @@ def print_frame_rows(rows: list[dict[str, Any]]) -> None:
     print("\nFrame by frame (every frame read on its own; a frame with no object counts as wrong):\n")
     print(
         "| cache | videos with the asked colour in >= 90% of frames | frames with the asked colour "
-        "| frames with the asked shape | object present | single object | sharpness |"
+        "| frames with the asked shape | object present | single object | sharpness "
+        "| object pixels off its colour | videos with a patched frame |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         f = row["per_frame"]
         sharpness = "-" if f["sharpness"] is None else f"{f['sharpness']:.2f}"
+        off = "-" if f["off_colour"] is None else f"{f['off_colour']:.1%}"
         print(f"| {row['cache']} | {f['colour_90']:.1%} | {f['colour']:.1%} | {f['shape']:.1%} "
-              f"| {f['present']:.1%} | {f['single']:.1%} | {sharpness} |")  # fmt: skip
+              f"| {f['present']:.1%} | {f['single']:.1%} | {sharpness} | {off} "
+              f"| {f['videos_patched']:.1%} |")  # fmt: skip
     for row in rows:
         f = row["per_frame"]
         print(f"\n{row['cache']}, by class (share of frames): "

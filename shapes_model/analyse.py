@@ -11,7 +11,8 @@ frames where an object is found, and shape from how much of its bounding box the
 
 The whole-video reading averages a drifting colour away, so every frame is also read on its own
 (``analyse_each_frame``): is there an object, is it one connected object, its colour, its shape, how
-crisp its edge is; ``score_frames`` turns that into what fraction of a video's frames show what was asked.
+crisp its edge is, how much of it is another colour than its mean (a patch); ``score_frames`` turns that
+into what fraction of a video's frames show what was asked.
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ CORNER_LINE = 1.3
 inscribed circle reaches 1.41 there, a square fills them, an upward triangle fills a third of them."""
 CORNERS_SQUARE = 0.6
 """At or above this share of its box's corners filled, a frame's (non-triangle) object is a square."""
+PATCHED = 0.1
+"""At or above this share of its inner pixels off its colour, a frame's object carries a patch of another
+colour (drawn clips: none off)."""
 SHARPNESS_REFERENCE = 0.70
 """The mean edge step (see ``_edge_step``) of clips drawn by ``shapes_model.data.render``, so that a
 cleanly drawn clip scores ~1."""
@@ -163,6 +167,9 @@ class FrameAnalysis:
     for a drawn clip blurred by a 3-pixel box, 0.32 by a 5-pixel one."""
     centroid: tuple[float, float] | None
     pixels: int
+    off_colour: float | None = None
+    """The share of the object's inner pixels whose own colour is not the object's: a patch of another
+    colour that the object's mean colour hides."""
 
     @property
     def single(self) -> bool:
@@ -193,16 +200,17 @@ def _analyse_frame(frame: np.ndarray) -> FrameAnalysis:
     labels = _components(refined | coarse)
     sizes = np.bincount(labels.ravel())[1:]
     objects = int((sizes >= MIN_PIXELS).sum())
-    mask = (labels == 1 + int(np.argmax(sizes))) & refined
+    whole = labels == 1 + int(np.argmax(sizes))  # with any patch far from the mean colour
+    mask = whole & refined
     if mask.sum() < MIN_PIXELS:
         return dataclasses.replace(NOTHING, objects=objects)
-    hue, saturation, _ = colorsys.rgb_to_hsv(*(float(c) / 255 for c in frame[mask].mean(axis=0)))
+    colour = _colour_of(frame[mask].mean(axis=0))
     fill, corners, taper = _shape_measures(mask)
     ys, xs = np.nonzero(mask)
     return FrameAnalysis(
         present=True,
         objects=objects,
-        colour=_colour(hue * 360, saturation),
+        colour=colour,
         shape=_shape(fill, corners, taper),
         fill=round(fill, 3),
         corners=round(corners, 3),
@@ -210,7 +218,22 @@ def _analyse_frame(frame: np.ndarray) -> FrameAnalysis:
         sharpness=round(_edge_step(np.clip(contrast, 0.0, 1.0), mask) / SHARPNESS_REFERENCE, 3),
         centroid=(round(float(xs.mean()), 2), round(float(ys.mean()), 2)),
         pixels=int(mask.sum()),
+        off_colour=round(_off_colour(frame, whole, colour), 3),
     )
+
+
+def _colour_of(rgb: np.ndarray) -> str:
+    hue, saturation, _ = colorsys.rgb_to_hsv(*(float(c) / 255 for c in rgb))
+    return _colour(hue * 360, saturation)
+
+
+def _off_colour(frame: np.ndarray, mask: np.ndarray, colour: str) -> float:
+    """The share of the mask's inner pixels (all four neighbours on it too: an edge pixel blends into the
+    background, so its hue is not the object's) whose own colour is not ``colour``."""
+    padded = np.pad(mask, 1)
+    inner = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    pixels = frame[inner]
+    return float(np.mean([_colour_of(rgb) != colour for rgb in pixels])) if len(pixels) else 0.0
 
 
 def _shape(fill: float, corners: float, taper: float) -> str:
@@ -284,6 +307,10 @@ class FrameScores:
     single: float
     sharpness: float | None
     """Mean over the frames with an object."""
+    off_colour: float | None
+    """Mean over the frames with an object of their ``off_colour``."""
+    patched: float
+    """Share of frames whose object is patched: at least ``PATCHED`` of it off its colour."""
     colour_by_frame: tuple[bool, ...]
     shape_by_frame: tuple[bool, ...]
 
@@ -292,12 +319,15 @@ def score_frames(frames: list[FrameAnalysis], colour: str, shape: str) -> FrameS
     colour_ok = tuple(f.colour == colour for f in frames)
     shape_ok = tuple(f.shape == shape for f in frames)
     sharp = [f.sharpness for f in frames if f.sharpness is not None]
+    off = [f.off_colour for f in frames if f.off_colour is not None]
     return FrameScores(
         colour=float(np.mean(colour_ok)),
         shape=float(np.mean(shape_ok)),
         present=float(np.mean([f.present for f in frames])),
         single=float(np.mean([f.single for f in frames])),
         sharpness=float(np.mean(sharp)) if sharp else None,
+        off_colour=float(np.mean(off)) if off else None,
+        patched=float(np.mean([f.off_colour is not None and f.off_colour >= PATCHED for f in frames])),
         colour_by_frame=colour_ok,
         shape_by_frame=shape_ok,
     )

@@ -38,6 +38,7 @@ def test_every_frame_of_drawn_clips_reads_as_drawn() -> None:
         assert [(f.present, f.single, f.colour, f.shape) for f in each] == [(True, True, colour, shape)] * 17
         scores = score_frames(each, colour, shape)
         assert (scores.colour, scores.shape, scores.present, scores.single) == (1.0, 1.0, 1.0, 1.0)
+        assert (scores.off_colour, scores.patched) == (0.0, 0.0)
         assert scores.sharpness is not None and 0.8 < scores.sharpness < 1.25, clip
 
 
@@ -49,6 +50,24 @@ def test_a_colour_that_drifts_late_is_caught_in_the_frames_it_drifts() -> None:
     assert scores.colour == 12 / 17
     assert scores.colour_by_frame == (True,) * 12 + (False,) * 5
     assert scores.shape == 1.0
+
+
+def test_a_patch_of_another_colour_inside_the_object_is_seen_though_the_mean_hides_it() -> None:
+    blue = Clip("blue", "square", "right", radius=10.0, travel=0.3, start=(0.35, 0.5))
+    frames = render(blue)
+    clean = score_frames(analyse_each_frame(frames), "blue", "square")
+    assert (clean.off_colour, clean.patched) == (0.0, 0.0)
+    patched = frames.copy()
+    for i in range(8, 17):  # from frame 8, a green patch of 7x7 pixels in the middle of the 20x20 square
+        (x, _), (x1, y) = blue.start, blue.end
+        cx = round((x + (x1 - x) * i / 16) * 64)
+        patched[i, round(y * 64) - 3 : round(y * 64) + 4, cx - 3 : cx + 4] = COLOURS["green"]
+    each = analyse_each_frame(patched)
+    assert [f.colour for f in each] == ["blue"] * 17  # every frame's mean colour is still blue
+    assert all(f.off_colour == 0 for f in each[:8])
+    assert all(0.12 < f.off_colour < 0.2 for f in each[8:]), [f.off_colour for f in each[8:]]
+    scores = score_frames(each, "blue", "square")
+    assert scores.colour == 1.0 and scores.patched == 9 / 17
 
 
 def test_half_red_half_yellow_is_half_right() -> None:
