@@ -11,7 +11,7 @@ from diffusers.models import attention_dispatch
 
 from service.core.schemas import GenerationParams
 from worker.engine import WanEngine
-from worker.parallel import ParallelLayout, init_parallel, shutdown_parallel
+from worker.parallel import ParallelLayout, init_parallel, leave_group
 
 parser = argparse.ArgumentParser()
 parser.add_argument("model", type=Path)
@@ -57,4 +57,4 @@ report = {
 reports = runtime.gather(report)
 if runtime.is_leader:
     args.out.write_text(json.dumps(reports))
-shutdown_parallel()
+leave_group(0)

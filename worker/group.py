@@ -20,7 +20,6 @@ import argparse
 import logging
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
@@ -32,7 +31,7 @@ from service.core.schemas import GenerationParams
 from service.core.settings import Settings, SettingsError, load_settings
 from worker.engine import NO_HOOKS, Denoised, GenerationResult, JobHooks, WanEngine
 from worker.errors import GenerationAborted, GroupFailed
-from worker.parallel import ParallelLayout, ParallelRuntime, init_parallel, shutdown_parallel
+from worker.parallel import ParallelLayout, ParallelRuntime, init_parallel, leave_group
 from worker.presence import WorkerPresence
 from worker.serve import announce_presence, load_engine, serve, unique_worker_name
 
@@ -214,10 +213,8 @@ def main(argv: list[str] | None = None) -> None:
             code = _lead(settings, runtime, engine, redis, name, presence)
         finally:
             presence.close()
-    if code == 0:
-        shutdown_parallel()
     log.info("rank %d exiting with %d", runtime.rank, code)
-    sys.exit(code)
+    leave_group(code)
 
 
 def _lead(

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -181,6 +182,17 @@ def enable_ulysses(transformer: Any, runtime: ParallelRuntime) -> None:
     devices.enable_context_parallel(transformer, config, runtime.device)
 
 
-def shutdown_parallel() -> None:
-    if dist.is_initialized():
+def leave_group(code: int) -> NoReturn:
+    """End this rank's process with ``code``: on a clean exit the process groups are destroyed first (a
+    failing rank's peers may be stuck in a collective, so then they are not), and Python does not finalize.
+
+    A gloo worker thread can still be releasing a finished collective's tensors when the main thread
+    exits; if it needs the GIL while the interpreter finalizes, the process aborts ("terminate called
+    without an active exception", pytorch/pytorch#179291) and a clean exit reads as a failed rank. So
+    logs and standard streams are flushed and the process exits at once."""
+    if code == 0 and dist.is_initialized():
         dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -21,7 +21,7 @@ from service.core.cache import CacheSpec
 from tests.params import PARAMS
 from worker.cache import block_cache_stats, block_cache_trace
 from worker.engine import WanEngine
-from worker.parallel import ParallelLayout, init_parallel, shutdown_parallel
+from worker.parallel import ParallelLayout, init_parallel, leave_group
 
 parser = argparse.ArgumentParser()
 parser.add_argument("model", type=Path)
@@ -54,4 +54,4 @@ for index, cache in enumerate(args.caches):
         np.save(args.out / f"frames_{index}.npy", result.frames)
     else:
         assert result.frames is None, "followers do not decode"
-shutdown_parallel()
+leave_group(0)

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from tests.params import PARAMS
 from worker.engine import WanEngine
-from worker.parallel import ParallelLayout, init_parallel, shutdown_parallel
+from worker.parallel import ParallelLayout, init_parallel, leave_group
 from worker.vae_decode import TileSize, VaeDecodeFailed, VideoDecoder, denormalize, split_tiled_decode
 
 ENGINE_TILE = TileSize(32, 32, 24, 24)
@@ -104,7 +104,7 @@ def main() -> None:
                 again, torch.from_numpy(np.load(args.out / "split.npy"))
             )
     (args.out / f"rank{runtime.rank}.json").write_text(json.dumps(report))
-    shutdown_parallel()
+    leave_group(0)
 
 
 if __name__ == "__main__":
