@@ -72,9 +72,14 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_video_completes_once(
 def test_a_job_longer_than_its_timeout_fails_clearly_and_the_worker_goes_on(
     processes: Processes, redis_url: str, fresh_data_dir: Path
 ) -> None:
-    base = start_stack(processes, redis_url, fresh_data_dir, workers=1, WANSERVE_JOB_TIMEOUT_S="3")
-    # Several times the limit even on an idle machine; the next job is a fraction of it even on a busy one.
-    video_id = httpx.post(f"{base}/v1/videos", json={**LONG_JOB, "seconds": 5}).json()["id"]
+    base = start_stack(
+        processes, redis_url, fresh_data_dir, workers=1, WANSERVE_JOB_TIMEOUT_S="3", WANSERVE_MAX_STEPS="1000"
+    )
+    # The limit is checked at step boundaries, so the denoising itself must outlast it: 1,000 steps are
+    # several times the limit even on an idle machine (100 took 2.5 s, under it, and the job completed in
+    # its decode); the next job is a fraction of it even on a busy one.
+    slow = {**LONG_JOB, "seconds": 5, "num_inference_steps": 1000}
+    video_id = httpx.post(f"{base}/v1/videos", json=slow).json()["id"]
     wait_until(lambda: view(base, video_id)["status"] in ("completed", "failed"), 60, "the timeout")
     failed = view(base, video_id)
     assert failed["status"] == "failed"
