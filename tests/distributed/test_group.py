@@ -122,9 +122,11 @@ def test_failures_of_the_leader_alone_fail_their_job_and_the_same_group_goes_on(
     assert "/srv/secret" not in decode["error"]["message"]
     assert "injected: out of memory decoding with /srv/secret" in group.log
 
-    # The job's time limit is enforced at a step boundary that every rank takes.
-    strict = make_client(job_timeout_s=2)
-    timed_out = wait_for(client, submit(strict, **LONG_JOB), finished, timeout=60)
+    # The job's time limit is enforced at a step boundary that every rank takes; 1,000 steps outlast it on
+    # any machine (100 took 2.5 s in one process, where a job whose steps end in time completes).
+    strict = make_client(job_timeout_s=2, max_steps=1000)
+    slow = submit(strict, **{**LONG_JOB, "num_inference_steps": 1000})
+    timed_out = wait_for(client, slow, finished, timeout=60)
     assert timed_out["status"] == "failed", group.log
     assert timed_out["error"]["code"] == "job_timeout"
     assert timed_out["stage"] == "denoise" and timed_out["progress"] < 90
