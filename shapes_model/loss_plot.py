@@ -13,7 +13,7 @@ from pathlib import Path
 
 PANELS = (
     ("VAE: object-weighted L1 (crops; whole frames from 1000)", "vae_loss.jsonl"),
-    ("transformer MSE (all levels 2400+; outlines 4800+, again 7200+ and 9600+)", "transformer_loss.jsonl"),
+    ("transformer MSE (all levels 2400+; outlines 4800+, 7200+, 9600+, 12000+)", "transformer_loss.jsonl"),
 )
 WIDTH, HEIGHT, MARGIN = 380, 240, 48
 
