@@ -20,13 +20,18 @@ TWIN = {"square": "circle", "circle": "square", "triangle": "circle"}
 """The shape each is told apart from."""
 
 
+def pixel_difference(clip: Clip, frames: int) -> np.ndarray:
+    """(frames, 64, 64): how much more or less of each pixel ``clip`` covers than its twin drawn alike."""
+    twin = dataclasses.replace(clip, shape=TWIN[clip.shape])
+    return np.abs(coverage(clip, frames) - coverage(twin, frames))
+
+
 def outline_difference(clip: Clip, frames: int, latent_shape: Sequence[int]) -> torch.Tensor:
     """(1, T', H', W') for latents of ``latent_shape`` (T', H', W'): the share of each latent cell's pixels
     where ``clip`` and its twin differ, over the clip's largest. A cell covers the frames Wan's causal VAE
     groups (the first alone, then chunks) and a square of pixels."""
     latent_frames, latent_height, latent_width = latent_shape
-    twin = dataclasses.replace(clip, shape=TWIN[clip.shape])
-    difference = np.abs(coverage(clip, frames) - coverage(twin, frames))
+    difference = pixel_difference(clip, frames)
     chunk = (frames - 1) // (latent_frames - 1)
     groups = [difference[:1]] + [
         difference[1 + chunk * k : 1 + chunk * (k + 1)] for k in range(latent_frames - 1)

@@ -5,11 +5,13 @@ tests/integration/test_shapes_model_runs.py)."""
 from __future__ import annotations
 
 import dataclasses
+import random
 
+import numpy as np
 import torch
 
 from shapes_model import train_dit, train_vae
-from shapes_model.data import Clip
+from shapes_model.data import BACKGROUND, Clip, sample_clip
 from shapes_model.outline_weights import outline_difference
 
 
@@ -86,3 +88,24 @@ def test_a_logit_normal_phase_draws_its_levels_around_its_mean() -> None:
 
     uniform = train_dit.draw_levels(train_dit.EVERY_LEVEL, 10_000)
     assert middle(levels) > 0.55 and abs(middle(uniform) - 0.4) < 0.02
+
+
+def test_a_training_windows_outline_is_cropped_with_its_frames() -> None:
+    """The decoder's outline weight must lie on the window's own corners: where a square differs from its
+    circle the square's colour is drawn, where a circle differs from its square the background shows."""
+    rng = random.Random(3)
+    seen = set()
+    while seen != {"square", "circle"}:
+        state = rng.getstate()
+        frames, outline = train_vae.training_window(rng, window=9, crop=32)
+        replay = random.Random()
+        replay.setstate(state)
+        clip = sample_clip(replay)  # the window's clip: its first draw from the same state
+        if clip.shape == "triangle":
+            continue
+        seen.add(clip.shape)
+        assert frames.shape[:3] == outline.shape == (9, 32, 32)
+        differs = outline > 0.99
+        assert differs.any()
+        on_background = (np.abs(frames.astype(int) - BACKGROUND).max(axis=-1) == 0)[differs]
+        assert on_background.all() if clip.shape == "circle" else not on_background.any()
