@@ -109,3 +109,12 @@ def test_a_training_windows_outline_is_cropped_with_its_frames() -> None:
         assert differs.any()
         on_background = (np.abs(frames.astype(int) - BACKGROUND).max(axis=-1) == 0)[differs]
         assert on_background.all() if clip.shape == "circle" else not on_background.any()
+
+
+def test_a_phase_with_a_short_window_alternates_it_with_its_window() -> None:
+    phase = dataclasses.replace(train_vae.OUTLINES, window=33, short_window=17)
+    assert [train_vae.window_at(phase, step) for step in range(4)] == [33, 17, 33, 17]
+    assert {train_vae.window_at(train_vae.OUTLINES, step) for step in range(4)} == {33}
+    # A 17-frame window is a whole 17-frame clip: the object crosses its path in half the frames.
+    frames, _ = train_vae.training_window(random.Random(0), window=17, crop=64)
+    assert frames.shape == (17, 64, 64, 3)
