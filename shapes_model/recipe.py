@@ -1,6 +1,6 @@
 """The whole recipe: train the VAE, encode the clips, train the transformer, write a diffusers folder.
 
-    python -m shapes_model.recipe --out /tmp/shapes            # about 105 minutes alone on 2 CPU cores
+    python -m shapes_model.recipe --out /tmp/shapes            # about 113 minutes alone on 2 CPU cores
     cp -r /tmp/shapes/model/* worker/models/wan2.1-tiny-shapes/  # ship it
 
 Seeded throughout: the same seed, torch version and thread count give the same weights.
