@@ -100,11 +100,15 @@ def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
     assert dataclasses.replace(trained, cache_calibrations=calibrated) == SHAPES_PROFILE
     assert {"vae_loss.jsonl", "transformer_loss.jsonl", "recipe.json"} <= {p.name for p in tmp_path.iterdir()}
     vae_log = [json.loads(line) for line in (tmp_path / "vae_loss.jsonl").read_text().splitlines()]
-    every_phase = [2 * (i + 1) for i in range(len(phases))]
-    assert [record["step"] for record in vae_log] == every_phase, "each phase numbers on from the last"
+
+    def numbered_on(count: int) -> list[int]:  # two steps a phase
+        return [2 * (i + 1) for i in range(count)]
+
+    assert [record["step"] for record in vae_log] == numbered_on(len(phases)), (
+        "each phase numbers on from the last"
+    )
     transformer_log = (tmp_path / "transformer_loss.jsonl").read_text().splitlines()
-    transformer_steps = [json.loads(line)["step"] for line in transformer_log]
-    assert transformer_steps == [2 * (i + 1) for i in range(len(transformer_phases))]
+    assert [json.loads(line)["step"] for line in transformer_log] == numbered_on(len(transformer_phases))
     engine = WanEngine.load(folder, device="cpu", dtype="float32")
     result = engine.generate(request("a green triangle moving down", num_inference_steps=2))
     assert result.frames is not None and result.frames.shape == (17, 64, 64, 3)
