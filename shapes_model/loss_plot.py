@@ -12,8 +12,14 @@ import math
 from pathlib import Path
 
 PANELS = (
-    ("VAE: object-weighted L1 (crops; whole frames 1000+; + outlines 1900+, faster 2500+)", "vae_loss.jsonl"),
-    ("transformer MSE (all levels 2400+; outlines 4800+, again every 2400)", "transformer_loss.jsonl"),
+    (
+        "VAE: weighted L1 (crops; whole 1000+; outlines 1900+, faster 2500+, encoder 3100+, decoder 3300+)",
+        "vae_loss.jsonl",
+    ),
+    (
+        "transformer MSE (all levels 2400+; outlines 4800+, again every 2400; new latents 14400+)",
+        "transformer_loss.jsonl",
+    ),
 )
 WIDTH, HEIGHT, MARGIN = 380, 240, 48
 

@@ -1,6 +1,7 @@
-"""The whole recipe: train the VAE, encode the clips, train the transformer, write a diffusers folder.
+"""The whole recipe: train the VAE, encode the clips, train the transformer, then the VAE's late phases,
+encode again and train the transformer's last phase; write a diffusers folder.
 
-    python -m shapes_model.recipe --out /tmp/shapes            # about 113 minutes alone on 2 CPU cores
+    python -m shapes_model.recipe --out /tmp/shapes            # about 119 minutes alone on 2 CPU cores
     cp -r /tmp/shapes/model/* worker/models/wan2.1-tiny-shapes/  # ship it
 
 Seeded throughout: the same seed, torch version and thread count give the same weights.
@@ -51,6 +52,35 @@ def save_model(pipe: Any, folder: Path) -> None:
     (folder / PROFILE_FILE).write_text(json.dumps(SHAPES_PROFILE.to_json(), indent=2) + "\n")
 
 
+LATE_VAE_PHASES = 2
+"""The VAE's last phases (the encoder trained again, so new latents, then the decoder alone) run after
+every transformer phase but the last, which then trains on the new latents (see ``vae_phases_needed``)."""
+
+
+def vae_phases_needed(vae_phases: int, transformer_phases: int, late_vae_phases: int) -> list[int]:
+    """How many of the VAE's phases have trained before each transformer phase, whose latents it encodes."""
+    early = vae_phases - late_vae_phases
+    if not late_vae_phases:
+        return [vae_phases] * transformer_phases
+    return [early] * (transformer_phases - 1) + [vae_phases]
+
+
+def encode_sets(
+    out: Path, seed: int, clips_per_combination: int, long_clips_per_combination: int
+) -> tuple[Any, list[train_dit.ClipSet]]:
+    """OUT/vae, with the latents' mean and std in its config, and the training clips it encodes."""
+    from diffusers import AutoencoderKLWan
+
+    vae = AutoencoderKLWan.from_pretrained(out / "vae").eval()
+    sets = [
+        train_dit.make_dataset(vae, clips_per_combination, seed + 3, frames=SHAPES_PROFILE.default_frames),
+        train_dit.make_dataset(vae, long_clips_per_combination, seed + 4, frames=SHAPES_PROFILE.max_frames),
+    ]
+    mean, std = train_dit.normalise(sets)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    return vae, sets
+
+
 def run(
     out: Path,
     seed: int = DEFAULT_SEED,
@@ -60,39 +90,42 @@ def run(
     long_clips_per_combination: int = 8,
     skip_vae: bool = False,
     first_transformer_phase: int = 0,
+    late_vae_phases: int = LATE_VAE_PHASES,
 ) -> None:
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    """Train into OUT. ``skip_vae``: OUT/vae already holds the VAE that ``first_transformer_phase`` trains
+    on; later VAE phases still run when a later transformer phase needs them."""
+    from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
     times: dict[str, float] = {}
-    started = time.perf_counter()
-    if not skip_vae:
-        train_vae.train(out, vae_phases, seed=seed)
-        times["vae_s"] = time.perf_counter() - started
-
-    mark = time.perf_counter()
-    vae = AutoencoderKLWan.from_pretrained(out / "vae").eval()
-    sets = [
-        train_dit.make_dataset(vae, clips_per_combination, seed + 3, frames=SHAPES_PROFILE.default_frames),
-        train_dit.make_dataset(vae, long_clips_per_combination, seed + 4, frames=SHAPES_PROFILE.max_frames),
-    ]
-    mean, std = train_dit.normalise(sets)
-    vae.register_to_config(latents_mean=mean, latents_std=std)
-    times["encode_clips_s"] = time.perf_counter() - mark
-    clips = sum(len(s.clips) for s in sets)
-    print(f"encoded {clips} clips in {times['encode_clips_s']:.0f}s", flush=True)
-
-    pipe = assemble(vae, build_transformer(seed), seed)
-    if first_transformer_phase == 0:
-        save_model(pipe, out / "model")  # complete from the start; checkpoints replace its transformer
-    else:
-        pipe.transformer = WanTransformer3DModel.from_pretrained(out / "model" / "transformer")
+    needed = vae_phases_needed(len(vae_phases), len(transformer_phases), late_vae_phases)
+    vae_done = needed[first_transformer_phase] if skip_vae else 0
+    pipe: Any = None
+    sets: list[train_dit.ClipSet] = []
 
     def checkpoint(transformer: Any) -> None:
         transformer.save_pretrained(out / "model" / "transformer")
 
     offset = sum(phase.steps for phase in transformer_phases[:first_transformer_phase])
     for index in range(first_transformer_phase, len(transformer_phases)):
+        if vae_done < needed[index]:
+            mark = time.perf_counter()
+            train_vae.train(out, vae_phases[: needed[index]], seed=seed, first_phase=vae_done)
+            times[f"vae_phases_{vae_done + 1}_to_{needed[index]}_s"] = time.perf_counter() - mark
+            vae_done, sets = needed[index], []
+        if not sets:
+            mark = time.perf_counter()
+            vae, sets = encode_sets(out, seed, clips_per_combination, long_clips_per_combination)
+            took = times[f"encode_clips_before_transformer_phase_{index + 1}_s"] = time.perf_counter() - mark
+            print(f"encoded {sum(len(s.clips) for s in sets)} clips in {took:.0f}s", flush=True)
+            if pipe is None:
+                pipe = assemble(vae, build_transformer(seed), seed)
+                if index == 0:
+                    save_model(pipe, out / "model")  # complete now; checkpoints replace its transformer
+                else:
+                    pipe.transformer = WanTransformer3DModel.from_pretrained(out / "model" / "transformer")
+            else:
+                pipe.vae = vae
         phase = transformer_phases[index]
         mark = time.perf_counter()
         pipe.transformer = train_dit.train(
@@ -106,6 +139,7 @@ def run(
         "seed": seed,
         "vae_phases": [dataclasses.asdict(phase) for phase in vae_phases],
         "transformer_phases": [dataclasses.asdict(phase) for phase in transformer_phases],
+        "vae_phases_before_each_transformer_phase": needed,
         "clips": {f"{s.frames}_frames": len(s.clips) for s in sets},
         "times_s": {k: round(v, 1) for k, v in times.items()},
         "torch": torch.__version__,
@@ -124,7 +158,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--clips-per-combination", type=int, default=16)
     parser.add_argument("--long-clips-per-combination", type=int, default=8, help="clips of the longest")
-    parser.add_argument("--skip-vae", action="store_true", help="reuse OUT/vae from an earlier run")
+    parser.add_argument(
+        "--skip-vae", action="store_true", help="OUT/vae holds the VAE the first transformer phase trains on"
+    )
     parser.add_argument(
         "--first-transformer-phase", type=int, default=0, help="resume from OUT/model/transformer at it"
     )

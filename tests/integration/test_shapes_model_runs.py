@@ -84,6 +84,8 @@ def test_any_other_prompt_still_makes_a_video(shapes_engine: WanEngine, prompt: 
 
 
 def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
+    from diffusers import AutoencoderKLWan
+
     phases = tuple(dataclasses.replace(phase, steps=2, batch_size=1) for phase in train_vae.PHASES)
     transformer_phases = tuple(
         dataclasses.replace(phase, steps=2, batch_size=3) for phase in train_dit.PHASES
@@ -109,6 +111,14 @@ def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
     )
     transformer_log = (tmp_path / "transformer_loss.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in transformer_log] == numbered_on(len(transformer_phases))
+    # The VAE's late phase ran before the transformer's last one, and the folder ships that VAE, whose
+    # latents the last phase trained on (not the one the earlier phases' latents came from).
+    early = len(phases) - recipe.LATE_VAE_PHASES
+    before = json.loads((tmp_path / "recipe.json").read_text())["vae_phases_before_each_transformer_phase"]
+    assert before == [early] * (len(transformer_phases) - 1) + [len(phases)]
+    shipped_vae = AutoencoderKLWan.from_pretrained(folder / "vae").state_dict()
+    final_vae = AutoencoderKLWan.from_pretrained(tmp_path / "vae").state_dict()
+    assert all(torch.equal(shipped_vae[name], final_vae[name]) for name in final_vae)
     engine = WanEngine.load(folder, device="cpu", dtype="float32")
     result = engine.generate(request("a green triangle moving down", num_inference_steps=2))
     assert result.frames is not None and result.frames.shape == (17, 64, 64, 3)

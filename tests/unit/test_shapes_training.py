@@ -10,7 +10,7 @@ import random
 import numpy as np
 import torch
 
-from shapes_model import train_dit, train_vae
+from shapes_model import recipe, train_dit, train_vae
 from shapes_model.data import BACKGROUND, Clip, sample_clip
 from shapes_model.outline_weights import outline_difference
 
@@ -118,3 +118,8 @@ def test_a_phase_with_a_short_window_alternates_it_with_its_window() -> None:
     # A 17-frame window is a whole 17-frame clip: the object crosses its path in half the frames.
     frames, _ = train_vae.training_window(random.Random(0), window=17, crop=64)
     assert frames.shape == (17, 64, 64, 3)
+
+
+def test_the_late_vae_phases_run_before_the_last_transformer_phase_only() -> None:
+    assert recipe.vae_phases_needed(7, 3, late_vae_phases=1) == [6, 6, 7]
+    assert recipe.vae_phases_needed(7, 3, late_vae_phases=0) == [7, 7, 7]
