@@ -84,7 +84,7 @@ FAST_MOTION = dataclasses.replace(OUTLINES, short_window=17)
 # generated squares 69% -> 76% of frames at 17 frames, 82% -> 85% at 33. 400 steps drew squares in 82% /
 # 86% but held the colour in 91.7% / 95.0% of videos, and took the recipe past two hours.
 WHOLE_VAE_OUTLINES = dataclasses.replace(FAST_MOTION, steps=200, decoder_only=False)
-# Then the decoder alone on 33-frame windows again: after phase 7 two of the 20 blue squares at 33 frames
+# Then the decoder alone on 33-frame windows again: after phase 7 two of the four blue squares at 33 frames
 # turned red, then yellow, from frame 18 on. After this, every video holds its colour at 33 frames, and
 # videos with a patch of another colour at 17 frames went from 24.4% to 17.2%.
 LONG_CLIPS_AGAIN = dataclasses.replace(OUTLINES, steps=100)
