@@ -111,7 +111,7 @@ def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
     )
     transformer_log = (tmp_path / "transformer_loss.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in transformer_log] == numbered_on(len(transformer_phases))
-    # The VAE's late phase ran before the transformer's last one, and the folder ships that VAE, whose
+    # The VAE's late phases ran before the transformer's last one, and the folder ships that VAE, whose
     # latents the last phase trained on (not the one the earlier phases' latents came from).
     early = len(phases) - recipe.LATE_VAE_PHASES
     before = json.loads((tmp_path / "recipe.json").read_text())["vae_phases_before_each_transformer_phase"]
