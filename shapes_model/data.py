@@ -48,14 +48,23 @@ class Clip:
         return (self.start[0] + dx * self.travel, self.start[1] + dy * self.travel)
 
 
+RADII = (7.0, 11.0)
+"""The range a clip's radius (a square's half side) is drawn from, pixels at 64x64."""
+
+
 def sample_clip(
-    rng: random.Random, colour: str | None = None, shape: str | None = None, direction: str | None = None
+    rng: random.Random,
+    colour: str | None = None,
+    shape: str | None = None,
+    direction: str | None = None,
+    square_radii: tuple[float, float] = RADII,
 ) -> Clip:
-    """A random clip, optionally pinned to a colour, shape and direction; it stays inside the frame."""
+    """A random clip, optionally pinned to a colour, shape and direction; it stays inside the frame.
+    A square's half side is drawn from ``square_radii``."""
     colour = colour or rng.choice(list(COLOURS))
     shape = shape or rng.choice(SHAPES)
     direction = direction or rng.choice(list(DIRECTIONS))
-    radius = rng.uniform(7.0, 11.0)
+    radius = rng.uniform(*(square_radii if shape == "square" else RADII))
     travel = rng.uniform(0.35, 0.55)
     margin = radius * EXTENT[shape] / 64 + 0.02
     dx, dy = DIRECTIONS[direction]

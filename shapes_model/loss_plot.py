@@ -17,7 +17,8 @@ PANELS = (
         "vae_loss.jsonl",
     ),
     (
-        "transformer MSE (all levels 2400+; outlines 4800+, again every 2400; new latents 14400+)",
+        "transformer MSE (all levels 2400+; outlines 4800+, again every 2400;"
+        " new latents, squares from 17 px 14400+)",
         "transformer_loss.jsonl",
     ),
 )

@@ -25,6 +25,19 @@ def test_every_clip_shows_its_whole_object_moving_inside_the_frame() -> None:
         assert (on_object.sum(axis=(1, 2)) > 100).all(), "the object is visible in every frame"
 
 
+def test_larger_squares_are_drawn_only_where_asked_and_stay_inside_the_frame() -> None:
+    rng = random.Random(6)
+    clips = [sample_clip(rng, square_radii=(8.5, 11.0)) for _ in range(300)]
+    squares = [clip.radius for clip in clips if clip.shape == "square"]
+    others = [clip.radius for clip in clips if clip.shape != "square"]
+    assert squares and min(squares) >= 8.5 and max(squares) <= 11.0
+    assert min(others) < 8.5, "circles and triangles keep the whole range"
+    for clip in clips:
+        for x, y in (clip.start, clip.end):
+            inside = clip.radius / 64
+            assert inside < x < 1 - inside and inside < y < 1 - inside
+
+
 def test_the_same_seed_draws_the_same_clip_and_prompt() -> None:
     first, second = random.Random(3), random.Random(3)
     assert sample_clip(first) == sample_clip(second)
