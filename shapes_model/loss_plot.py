@@ -18,7 +18,7 @@ PANELS = (
     ),
     (
         "transformer MSE (all levels 2400+; outlines 4800+, again every 2400;"
-        " new latents, squares from 17 px 14400+)",
+        " new latents, squares from 17 px and half the batch, frame 0 x2, 14400+)",
         "transformer_loss.jsonl",
     ),
 )

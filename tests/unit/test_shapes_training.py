@@ -1,6 +1,6 @@
 """The shapes recipe's losses: the VAE's edge loss asks for steps where pixel L1 accepts ramps, the
-transformer's outline weight lies where a shape differs from its twin (the phases themselves run in
-tests/integration/test_shapes_model_runs.py)."""
+transformer's outline weight lies where a shape differs from its twin, and its last cycle draws and weighs
+what it asks (the phases themselves run in tests/integration/test_shapes_model_runs.py)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,33 @@ def test_the_weighted_loss_counts_only_where_the_weight_is() -> None:
     there = weight.clone()
     there[..., 0, 0] = 21.0
     assert loss(prediction, target, there) > loss(prediction, target, weight)
+
+
+def test_the_first_frame_weight_multiplies_the_first_latent_frame_alone() -> None:
+    outline = torch.zeros(2, 1, 5, 8, 8)
+    outline[..., 3, 3] = 1.0  # a corner in every latent frame
+    phase = dataclasses.replace(train_dit.CORNERS, first_frame_weight=3.0)
+    weight = train_dit.loss_weight(phase, outline)
+    plain = train_dit.loss_weight(train_dit.CORNERS, outline)
+    assert torch.equal(weight[:, :, 0], 3 * plain[:, :, 0])
+    assert torch.equal(weight[:, :, 1:], plain[:, :, 1:])
+    assert plain[0, 0, 2, 3, 3] == 1 + train_dit.CORNERS.outline_weight and plain[0, 0, 2, 0, 0] == 1
+
+
+def test_a_phase_with_a_square_share_draws_that_share_of_squares_and_others_alike_otherwise() -> None:
+    rng = random.Random(0)
+    clips = [sample_clip(rng) for _ in range(300)]
+    by_shape = train_dit.clips_by_shape(clips)
+
+    def squares_drawn(phase: train_dit.Phase) -> float:
+        draws = random.Random(1)
+        rows = [row for _ in range(100) for row in train_dit.draw_rows(draws, by_shape, phase)]
+        return np.mean([clips[row].shape == "square" for row in rows])
+
+    share = sum(clip.shape == "square" for clip in clips) / len(clips)
+    assert abs(squares_drawn(train_dit.CORNERS) - share) < 0.05
+    last = train_dit.LAST_CYCLE
+    assert last.square_share is not None and abs(squares_drawn(last) - last.square_share) < 0.05
 
 
 def test_a_logit_normal_phase_draws_its_levels_around_its_mean() -> None:
