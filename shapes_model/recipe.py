@@ -22,7 +22,7 @@ import torch
 
 from service.core.model_profile import PROFILE_FILE, SHAPES_PROFILE
 from shapes_model import train_dit, train_vae
-from shapes_model.data import RADII
+from shapes_model.data import LARGE_SQUARE_RADII, RADII
 from shapes_model.model import build_scheduler, build_text_encoder, build_tokenizer, build_transformer
 from shapes_model.training import DEFAULT_SEED
 
@@ -58,11 +58,9 @@ LATE_VAE_PHASES = 2
 """The VAE's last phases (the encoder trained again, so new latents, then the decoder alone) run after
 every transformer phase but the last, which then trains on the new latents (see ``vae_phases_needed``)."""
 
-LATE_SQUARE_RADII = (8.5, 11.0)
-"""The clips of the phases after the late VAE draw squares at least 17 pixels wide, not 14: drawn squares
-of half side under 7.7 pixels come back from this VAE round (square in 24% of frames, against 86% from 7.9
-to 9 and 99% above), and the transformer draws squares as large as its clips'. The earlier phases keep
-the whole range (``RADII``), as they were trained."""
+FINAL_DECODER_PHASES = 1
+"""The VAE's last phases train the decoder alone after the transformer's last phase: they change no
+latent, so the transformer need not train again."""
 
 
 def vae_phases_needed(vae_phases: int, transformer_phases: int, late_vae_phases: int) -> list[int]:
@@ -107,6 +105,7 @@ def run(
     skip_vae: bool = False,
     first_transformer_phase: int = 0,
     late_vae_phases: int = LATE_VAE_PHASES,
+    final_decoder_phases: int = FINAL_DECODER_PHASES,
 ) -> None:
     """Train into OUT. ``skip_vae``: OUT/vae already holds the VAE that ``first_transformer_phase`` trains
     on; later VAE phases still run when a later transformer phase needs them."""
@@ -114,7 +113,10 @@ def run(
 
     torch.manual_seed(seed)
     times: dict[str, float] = {}
-    needed = vae_phases_needed(len(vae_phases), len(transformer_phases), late_vae_phases)
+    before_transformer = len(vae_phases) - final_decoder_phases
+    if not all(phase.decoder_only for phase in vae_phases[before_transformer:]):
+        raise ValueError("the VAE's phases after the transformer's must train the decoder alone")
+    needed = vae_phases_needed(before_transformer, len(transformer_phases), late_vae_phases)
     vae_done = needed[first_transformer_phase] if skip_vae else 0
     pipe: Any = None
     sets: list[train_dit.ClipSet] = []
@@ -131,8 +133,8 @@ def run(
             vae_done, sets = needed[index], []
         if not sets:
             mark = time.perf_counter()
-            late = needed[index] == len(vae_phases) and late_vae_phases > 0
-            radii = LATE_SQUARE_RADII if late else RADII
+            late = needed[index] == before_transformer and late_vae_phases > 0
+            radii = LARGE_SQUARE_RADII if late else RADII
             vae, sets = encode_sets(out, seed, clips_per_combination, long_clips_per_combination, radii)
             took = times[f"encode_clips_before_transformer_phase_{index + 1}_s"] = time.perf_counter() - mark
             print(f"encoded {sum(len(s.clips) for s in sets)} clips in {took:.0f}s", flush=True)
@@ -153,12 +155,21 @@ def run(
         times[f"transformer_phase_{index + 1}_s"] = time.perf_counter() - mark
         offset += phase.steps
         save_model(pipe, out / "model")
+    if final_decoder_phases:
+        mark = time.perf_counter()
+        vae = train_vae.train(out, vae_phases, seed=seed, first_phase=before_transformer)
+        latents = {key: pipe.vae.config[key] for key in ("latents_mean", "latents_std")}
+        vae.register_to_config(**latents)
+        pipe.vae = vae
+        save_model(pipe, out / "model")
+        times[f"vae_phases_{before_transformer + 1}_to_{len(vae_phases)}_s"] = time.perf_counter() - mark
     recipe = {
         "seed": seed,
         "vae_phases": [dataclasses.asdict(phase) for phase in vae_phases],
         "transformer_phases": [dataclasses.asdict(phase) for phase in transformer_phases],
         "vae_phases_before_each_transformer_phase": needed,
-        "square_radii": {"early": RADII, "late": LATE_SQUARE_RADII},
+        "vae_phases_after_the_transformer": final_decoder_phases,
+        "square_radii": {"early": RADII, "late": LARGE_SQUARE_RADII},
         "clips": {f"{s.frames}_frames": len(s.clips) for s in sets},
         "times_s": {k: round(v, 1) for k, v in times.items()},
         "torch": torch.__version__,

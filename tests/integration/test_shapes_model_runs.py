@@ -5,6 +5,7 @@ miniature (training)."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import json
 import random
@@ -111,14 +112,19 @@ def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
     )
     transformer_log = (tmp_path / "transformer_loss.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in transformer_log] == numbered_on(len(transformer_phases))
-    # The VAE's late phases ran before the transformer's last one, and the folder ships that VAE, whose
-    # latents the last phase trained on (not the one the earlier phases' latents came from).
-    early = len(phases) - recipe.LATE_VAE_PHASES
+    # The VAE's late phases ran before the transformer's last one, its final (decoder-only) phases after
+    # it, and the folder ships that VAE, whose encoder made the latents the last phase trained on (not the
+    # one the earlier phases' latents came from).
+    late = len(phases) - recipe.FINAL_DECODER_PHASES
+    early = late - recipe.LATE_VAE_PHASES
     before = json.loads((tmp_path / "recipe.json").read_text())["vae_phases_before_each_transformer_phase"]
-    assert before == [early] * (len(transformer_phases) - 1) + [len(phases)]
+    assert before == [early] * (len(transformer_phases) - 1) + [late]
     shipped_vae = AutoencoderKLWan.from_pretrained(folder / "vae").state_dict()
     final_vae = AutoencoderKLWan.from_pretrained(tmp_path / "vae").state_dict()
     assert all(torch.equal(shipped_vae[name], final_vae[name]) for name in final_vae)
+    # The decoder trained after the transformer still carries the statistics its latents are scaled by.
+    shipped_mean = AutoencoderKLWan.load_config(folder / "vae")["latents_mean"]
+    assert shipped_mean != inspect.signature(AutoencoderKLWan).parameters["latents_mean"].default
     engine = WanEngine.load(folder, device="cpu", dtype="float32")
     result = engine.generate(request("a green triangle moving down", num_inference_steps=2))
     assert result.frames is not None and result.frames.shape == (17, 64, 64, 3)

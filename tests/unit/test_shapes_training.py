@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from shapes_model import recipe, train_dit, train_vae
-from shapes_model.data import BACKGROUND, Clip, sample_clip
+from shapes_model.analyse import analyse_each_frame
+from shapes_model.data import BACKGROUND, LARGE_SQUARE_RADII, Clip, sample_clip
 from shapes_model.outline_weights import outline_difference
 
 
@@ -147,6 +150,60 @@ def test_a_phase_with_a_short_window_alternates_it_with_its_window() -> None:
     assert frames.shape == (17, 64, 64, 3)
 
 
+def test_a_phase_draws_its_squares_at_its_own_sizes() -> None:
+    """``Phase.square_radii`` reaches the clips drawn: the object's width in each square window."""
+
+    def square_widths(radii: tuple[float, float]) -> list[int]:
+        rng, widths = random.Random(5), []
+        while len(widths) < 4:
+            state = rng.getstate()
+            frames, _ = train_vae.training_window(rng, window=5, crop=64, square_radii=radii)
+            replay = random.Random()
+            replay.setstate(state)
+            if sample_clip(replay, square_radii=radii).shape == "square":
+                on_object = (np.abs(frames[0].astype(int) - BACKGROUND).max(axis=-1) > 0).any(axis=0)
+                widths.append(int(on_object.sum()))
+        return widths
+
+    assert all(width <= 16 for width in square_widths((7.0, 7.5)))
+    assert all(width >= 21 for width in square_widths((10.5, 11.0)))
+    assert train_vae.LAST_CYCLE_CLIPS.square_radii == LARGE_SQUARE_RADII
+
+
+def test_a_phase_draws_its_share_of_squares() -> None:
+    """Read by the evaluation's own analyser from the windows' first frames (drawn clips read true)."""
+
+    def shapes_drawn(share: float | None) -> list[str | None]:
+        rng = random.Random(11)
+        windows = [train_vae.training_window(rng, 5, 64, square_share=share)[0] for _ in range(12)]
+        return [analyse_each_frame(frames[:1])[0].shape for frames in windows]
+
+    assert set(shapes_drawn(1.0)) == {"square"}
+    assert set(shapes_drawn(0.0)) == {"circle", "triangle"}
+    assert set(shapes_drawn(None)) == {"square", "circle", "triangle"}
+
+
+def test_the_first_frame_weighs_as_its_phase_says() -> None:
+    batch = torch.zeros(2, 3, 5, 8, 8)
+    batch[:, :, :, 2:6, 2:6] = 1.0  # an object on a dark background
+    outlines = torch.zeros(2, 1, 5, 8, 8)
+    outlines[:, :, :, 2, 2] = 1.0
+    plain = train_vae.pixel_weight(train_vae.OUTLINES, batch, outlines)
+    doubled = train_vae.pixel_weight(
+        dataclasses.replace(train_vae.OUTLINES, first_frame_weight=2.0), batch, outlines
+    )
+    assert torch.equal(doubled[:, :, 0], 2 * plain[:, :, 0])
+    assert torch.equal(doubled[:, :, 1:], plain[:, :, 1:])
+    assert plain[0, 0, 1, 2, 2] == plain[0, 0, 1, 3, 3] + train_vae.OUTLINES.outline_weight
+
+
 def test_the_late_vae_phases_run_before_the_last_transformer_phase_only() -> None:
     assert recipe.vae_phases_needed(7, 3, late_vae_phases=1) == [6, 6, 7]
     assert recipe.vae_phases_needed(7, 3, late_vae_phases=0) == [7, 7, 7]
+
+
+def test_the_vae_phases_after_the_transformer_keep_its_latents(tmp_path: Path) -> None:
+    """A phase that trains the encoder after the transformer's last would ship latents it never saw."""
+    with pytest.raises(ValueError, match="decoder alone"):
+        recipe.run(tmp_path, vae_phases=(train_vae.CROPS, train_vae.WHOLE_VAE_OUTLINES))
+    assert all(phase.decoder_only for phase in train_vae.PHASES[-recipe.FINAL_DECODER_PHASES :])
