@@ -206,7 +206,10 @@ def train(
 
     transformer = (build_transformer(seed) if initial is None else initial).train().requires_grad_(True)
     ema = copy.deepcopy(transformer).eval().requires_grad_(False)
-    optimiser = torch.optim.AdamW(transformer.parameters(), lr=phase.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    # foreach: the same arithmetic as the per-parameter loop (bit for bit), in fewer calls.
+    optimiser = torch.optim.AdamW(
+        transformer.parameters(), lr=phase.lr, weight_decay=0.01, betas=(0.9, 0.99), foreach=True
+    )
     schedule = warmup_cosine(optimiser, phase.steps)
     log = LossLog(out / "transformer_loss.jsonl", "transformer", phase.steps, offset, offset > 0, log_every)
     outlines = (
@@ -215,6 +218,7 @@ def train(
         else []
     )
     by_shape = [clips_by_shape(s.clips) for s in sets]
+    ema_parameters, parameters = list(ema.parameters()), list(transformer.parameters())
     for step in range(phase.steps):
         which = 0 if len(sets) == 1 or (step + 1) % LONG_EVERY else 1 + (step // LONG_EVERY) % (len(sets) - 1)
         rows = draw_rows(rng, by_shape[which], phase)
@@ -242,8 +246,7 @@ def train(
         schedule.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(ema.parameters(), transformer.parameters(), strict=True):
-                e.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(ema_parameters, parameters, 1 - decay)
         log.add(step, loss.item())
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
             checkpoint(ema)

@@ -122,10 +122,11 @@ def training_window(
     crop: int,
     square_radii: tuple[float, float] = RADII,
     square_share: float | None = None,
+    outlined: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A (window, crop, crop, 3) uint8 window of a random clip (squares of half side in ``square_radii``),
     cropped near the object, and the same window of its ``pixel_difference`` from its twin, (window,
-    crop, crop)."""
+    crop, crop); zeros unless ``outlined`` (it costs as much as drawing the clip)."""
     shape = None
     if square_share is not None:
         shape = "square" if rng.random() < square_share else rng.choice(("circle", "triangle"))
@@ -137,7 +138,8 @@ def training_window(
     cy = (clip.start[1] + (clip.end[1] - clip.start[1]) * t) * 64 + rng.uniform(-10, 10)
     x0 = int(np.clip(round(cx - crop / 2), 0, 64 - crop))
     y0 = int(np.clip(round(cy - crop / 2), 0, 64 - crop))
-    frames, outline = render(clip, length), pixel_difference(clip, length)
+    frames = render(clip, length)
+    outline = pixel_difference(clip, length) if outlined else np.zeros(frames.shape[:3], np.float32)
     where = (slice(first, first + window), slice(y0, y0 + crop), slice(x0, x0 + crop))
     return frames[where], outline[where]
 
@@ -213,14 +215,16 @@ def _train_phase(vae: Any, phase: Phase, out: Path, seed: int, offset: int, appe
     vae.requires_grad_(False)
     for parameter in trained:
         parameter.requires_grad_(True)
-    optimiser = torch.optim.AdamW(trained, lr=phase.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    optimiser = torch.optim.AdamW(trained, lr=phase.lr, weight_decay=0.0, betas=(0.9, 0.99), foreach=True)
     schedule = warmup_cosine(optimiser, phase.steps)
     torch.manual_seed(seed)
     log = LossLog(out / "vae_loss.jsonl", "vae", phase.steps, offset=offset, append=append)
     for step in range(phase.steps):
         window = window_at(phase, step)
         windows = [
-            training_window(rng, window, phase.crop, phase.square_radii, phase.square_share)
+            training_window(
+                rng, window, phase.crop, phase.square_radii, phase.square_share, bool(phase.outline_weight)
+            )
             for _ in range(phase.batch_size)
         ]
         batch = torch.stack([to_tensor(frames) for frames, _ in windows])

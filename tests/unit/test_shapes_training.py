@@ -150,6 +150,14 @@ def test_a_phase_with_a_short_window_alternates_it_with_its_window() -> None:
     assert frames.shape == (17, 64, 64, 3)
 
 
+def test_a_window_without_its_outline_is_the_same_window() -> None:
+    """Phases that weigh no outline skip computing it, and draw the same clips as before."""
+    frames, outline = train_vae.training_window(random.Random(4), window=9, crop=32)
+    bare, nothing = train_vae.training_window(random.Random(4), window=9, crop=32, outlined=False)
+    assert np.array_equal(frames, bare) and outline.any()
+    assert nothing.shape == outline.shape and nothing.dtype == outline.dtype and not nothing.any()
+
+
 def test_a_phase_draws_its_squares_at_its_own_sizes() -> None:
     """``Phase.square_radii`` reaches the clips drawn: the object's width in each square window."""
 
