@@ -1,8 +1,8 @@
 """The whole recipe: train the VAE, encode the clips, train the transformer, then the VAE's late phases,
-encode the clips again (squares drawn larger) and train the transformer's last phase; write a diffusers
-folder.
+encode the clips again (squares drawn larger) and train the transformer's last phase, then the decoder's
+last phase (``FINAL_DECODER_PHASES``); write a diffusers folder.
 
-    python -m shapes_model.recipe --out /tmp/shapes            # about 119 minutes alone on 2 CPU cores
+    python -m shapes_model.recipe --out /tmp/shapes            # about 120 minutes alone on 2 CPU cores
     cp -r /tmp/shapes/model/* worker/models/wan2.1-tiny-shapes/  # ship it
 
 Seeded throughout: the same seed, torch version and thread count give the same weights.

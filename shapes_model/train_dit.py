@@ -132,7 +132,7 @@ CORNERS = Phase(
 CORNERS_AGAIN = dataclasses.replace(CORNERS, lr=2.5e-4)
 # The last cycle trains on the latents of the VAE whose encoder learnt the outlines too
 # (train_vae.WHOLE_VAE_OUTLINES, run between the last two phases by the recipe): squares 69% -> 77%; on
-# clips whose squares are at least 17 pixels wide (recipe.LATE_SQUARE_RADII), 77% -> 84%; with half of
+# clips whose squares are at least 17 pixels wide (data.LARGE_SQUARE_RADII), 77% -> 84%; with half of
 # each batch squares and the first latent frame weighed twice, 84% -> 85% (frame 0 42% -> 65%), circles
 # and triangles 99% -> 98-99%; on 360 videos (six seeds a prompt) 78% -> 81%. Each alone (the first frame
 # weighed 3 times): 84%.
