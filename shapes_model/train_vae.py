@@ -9,7 +9,8 @@ issue 15 lost the colour from frame 12 on; trained on 17, from frame 21), so it 
 clip served. Then the decoder alone, the encoder and so every latent left as they are: for sharp edges
 (a loss on pixel differences), then for colours that hold under the transformer's errors (more noise), then
 for outlines (the pixels where one shape differs from another weighed up), then for outlines that move at
-the default video's speed.
+the default video's speed. The recipe runs the last phases later: the encoder's (new latents) before the
+transformer's last phase, the decoder's last one after it (on the squares that phase draws).
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ LONG_CLIPS_AGAIN = dataclasses.replace(OUTLINES, steps=100)
 # 88.4% of frames (85.3% with half of the clips squares and the first frame weighed twice, 82.5% with the
 # large squares alone, 82.4% with those for 400 steps, 79.0% with the input latents blurred as the
 # transformer's are), circles 97.8% -> 95.8%, triangles 98%, colour held by 93% of videos; at 33 frames
-# squares 92% -> 97%.
+# squares 92% -> 97%, but one video of 60 (a green circle) turns blue from frame 27: the 17-frame clips of
+# every other step undo a little of phase 8.
 LAST_CYCLE_CLIPS = dataclasses.replace(
     FAST_MOTION, steps=200, square_radii=LARGE_SQUARE_RADII, square_share=0.7, first_frame_weight=3.0
 )
