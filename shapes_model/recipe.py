@@ -5,7 +5,8 @@ last phase (``FINAL_DECODER_PHASES``); write a diffusers folder.
     python -m shapes_model.recipe --out /tmp/shapes            # about 120 minutes alone on 2 CPU cores
     cp -r /tmp/shapes/model/* worker/models/wan2.1-tiny-shapes/  # ship it
 
-Seeded throughout: the same seed, torch version and thread count give the same weights.
+Seeded throughout: the same code, seed, numpy and torch versions and thread count give the same weights
+(`tests/unit/test_shapes_data.py` pins the pixels drawn).
 """
 
 from __future__ import annotations
