@@ -2,7 +2,7 @@
 encode the clips again (squares drawn larger) and train the transformer's last phase, then the decoder's
 last phase (``FINAL_DECODER_PHASES``); write a diffusers folder.
 
-    python -m shapes_model.recipe --out /tmp/shapes  # 120 min alone at the fastest rates, 3 h on slow days
+    python -m shapes_model.recipe --out /tmp/shapes  # 100 min alone at the fastest rates, 2.5 h on slow days
     cp -r /tmp/shapes/model/* worker/models/wan2.1-tiny-shapes/  # ship it
 
 Seeded throughout: the same code, seed, numpy and torch versions and thread count give the same weights
