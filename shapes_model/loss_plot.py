@@ -17,8 +17,8 @@ PANELS = (
         "vae_loss.jsonl",
     ),
     (
-        "transformer MSE (all levels 2400+; outlines 4800+, again every 2400;"
-        " new latents, squares from 17 px and half the batch, frame 0 x2, 14400+)",
+        "transformer MSE (all levels 2400+; outlines 4800+;"
+        " new latents, squares from 17 px and half the batch, frame 0 x2, 7200+)",
         "transformer_loss.jsonl",
     ),
 )
