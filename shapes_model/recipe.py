@@ -2,11 +2,12 @@
 encode the clips again (squares drawn larger) and train the transformer's last phase, then the decoder's
 last phase (``FINAL_DECODER_PHASES``); write a diffusers folder.
 
-    python -m shapes_model.recipe --out /tmp/shapes  # 100 min alone at the fastest rates, 2.5 h on slow days
+    python -m shapes_model.recipe --out /tmp/shapes  # 100 min on the fastest CPU seen, 3.4 h on AVX2 alone
     cp -r /tmp/shapes/model/* worker/models/wan2.1-tiny-shapes/  # ship it
 
-Seeded throughout: the same code, seed, numpy and torch versions and thread count give the same weights
-(`tests/unit/test_shapes_data.py` pins the pixels drawn).
+Seeded throughout: the same code, seed, numpy and torch versions, thread count and CPU kernels (torch's
+``get_cpu_capability``, recorded in recipe.json) give the same weights (`tests/unit/test_shapes_data.py` pins
+the pixels drawn; other kernels round differently, and training amplifies that).
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ def run(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     print(json.dumps(recipe), flush=True)

@@ -117,8 +117,11 @@ def test_the_recipe_runs_end_to_end_in_miniature(tmp_path: Path) -> None:
     # one the earlier phases' latents came from).
     late = len(phases) - recipe.FINAL_DECODER_PHASES
     early = late - recipe.LATE_VAE_PHASES
-    before = json.loads((tmp_path / "recipe.json").read_text())["vae_phases_before_each_transformer_phase"]
+    recorded = json.loads((tmp_path / "recipe.json").read_text())
+    before = recorded["vae_phases_before_each_transformer_phase"]
     assert before == [early] * (len(transformer_phases) - 1) + [late]
+    # The kernels decide the last digits of every loss, so the record names them (AVX2, AVX512, ...).
+    assert recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     shipped_vae = AutoencoderKLWan.from_pretrained(folder / "vae").state_dict()
     final_vae = AutoencoderKLWan.from_pretrained(tmp_path / "vae").state_dict()
     assert all(torch.equal(shipped_vae[name], final_vae[name]) for name in final_vae)
